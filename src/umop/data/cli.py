@@ -1,0 +1,165 @@
+"""``umop data`` subcommands: ``convert`` (VOC / YOLO -> COCO json), ``check`` and ``synth``.
+
+Examples::
+
+    umop data convert --from voc ../shared/data/bccd/BCCD --split-file train --classes RBC,WBC,Platelets --out bccd_train.json
+    umop data convert --from yolo ../shared/data/coco128 --out coco128.json
+    umop data check bccd_train.json --images ../shared/data/bccd/BCCD/JPEGImages
+    umop data synth runs/shapes --num-images 200 --class-imbalance 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from umop.data.check import check_dataset
+from umop.data.convert import read_class_names, save_coco_json, voc_to_coco, yolo_to_coco
+from umop.data.image_io import IMAGE_EXTENSIONS
+from umop.data.records import BadRecordWarning, format_counts
+from umop.data.synthetic import make_synthetic_dataset
+
+__all__ = ["register"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``data`` command (with ``convert``, ``check``, ``synth``) to an argparse subparsers object."""
+    data = subparsers.add_parser("data", help="convert, check and generate datasets", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = data.add_subparsers(dest="data_command", metavar="{convert,check,synth}")
+    data.set_defaults(func=lambda args: _usage(data))
+
+    convert = commands.add_parser("convert", help="Pascal VOC xml or YOLO txt -> COCO json")
+    convert.add_argument("--from", dest="source_format", choices=("voc", "yolo"), required=True, help="input format")
+    convert.add_argument(
+        "src",
+        type=Path,
+        help="VOC: root (with Annotations/) or xml folder. YOLO: images folder, or a root with images/ "
+        "(images/<split>/ with --split-file as the split name)",
+    )
+    convert.add_argument("--out", type=Path, required=True, help="output COCO json")
+    convert.add_argument("--split-file", help="VOC: split list file or name (train -> ImageSets/Main/train.txt); YOLO: split folder name under images/")
+    convert.add_argument("--images", type=Path, help="image folder (VOC default ROOT/JPEGImages)")
+    convert.add_argument("--labels", type=Path, help="YOLO label folder (default: images path with images -> labels)")
+    convert.add_argument(
+        "--classes", help="class order: a file (one name a line, or YOLO data.yaml) or a comma-separated list "
+        "(VOC default: sorted names; YOLO default: classes.txt near the images)"
+    )
+    convert.set_defaults(func=_convert)
+
+    check = commands.add_parser("check", help="report every bad record of a COCO json (exit code 1 if any)")
+    check.add_argument("ann_file", type=Path, help="COCO json")
+    check.add_argument("--images", type=Path, help="image folder (default: the json's folder)")
+    check.add_argument("--no-decode", action="store_true", help="only check that image files exist (faster)")
+    check.add_argument("--max-listed", type=int, default=None, help="list at most this many records of each family")
+    check.set_defaults(func=_check)
+
+    synth = commands.add_parser("synth", help="write a synthetic shapes dataset (COCO json + PNGs)")
+    synth.add_argument("out_dir", type=Path)
+    synth.add_argument("--num-images", type=int, default=200)
+    synth.add_argument("--image-size", type=int, nargs="+", default=[256], help="S or H W")
+    synth.add_argument("--num-classes", type=int, default=6)
+    synth.add_argument("--class-imbalance", type=float, default=1.0, help="most/least frequent class ratio")
+    synth.add_argument("--min-object-size", type=int, default=4)
+    synth.add_argument("--max-object-size-fraction", type=float, default=0.8)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(func=_synth)
+    return data
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+def _class_names(value: str | None) -> Any:
+    if value is None:
+        return None
+    if not Path(value).is_file() and "," in value:
+        return read_class_names([name for name in value.split(",") if name.strip()])
+    return value
+
+
+def _yolo_images_dir(src: Path, split: str | None, images: Path | None) -> Path:
+    if images is not None:
+        return images
+    if not src.is_dir():
+        raise FileNotFoundError(f"YOLO source folder not found: {src}")
+    if any(path.suffix.lower() in IMAGE_EXTENSIONS for path in src.iterdir()):
+        return src
+    root = src / "images" if (src / "images").is_dir() else src
+    if split is not None:
+        return root / split
+    if any(path.suffix.lower() in IMAGE_EXTENSIONS for path in root.iterdir()):
+        return root
+    subfolders = sorted(path for path in root.iterdir() if path.is_dir())
+    if len(subfolders) == 1:
+        return subfolders[0]
+    raise ValueError(f"{src}: cannot tell which image folder to use ({[p.name for p in subfolders]}); pass --split-file NAME or --images DIR")
+
+
+def _convert(args: argparse.Namespace) -> int:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", BadRecordWarning)  # the issues are printed below instead
+            if args.source_format == "voc":
+                coco = voc_to_coco(args.src, image_dir=args.images, split_file=args.split_file, class_names=_class_names(args.classes))
+                image_dir = args.images or (args.src / "JPEGImages" if (args.src / "Annotations").is_dir() else args.src.parent / "JPEGImages")
+            else:
+                image_dir = _yolo_images_dir(args.src, args.split_file, args.images)
+                coco = yolo_to_coco(image_dir, labels_dir=args.labels, classes_file=_class_names(args.classes))
+    except (OSError, ValueError) as error:
+        print(f"umop data convert: error: {error}", file=sys.stderr)
+        return 2
+    issues = coco["info"]["conversion_issues"]
+    for issue in issues:
+        print(f"  {issue['source']}: {issue['record']}: {issue['kind']}: {issue['message']}")
+    save_coco_json(coco, args.out)
+    counts = format_counts(dict(sorted(_count(issues).items())))
+    print(
+        f"wrote {args.out}: {len(coco['images'])} images, {len(coco['annotations'])} boxes, "
+        f"{len(coco['categories'])} categories; issues: {counts}\n"
+        f"use it with: --images {image_dir}"
+    )
+    return 0
+
+
+def _count(issues: list[dict[str, Any]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for issue in issues:
+        counts[issue["kind"]] = counts.get(issue["kind"], 0) + 1
+    return counts
+
+
+def _check(args: argparse.Namespace) -> int:
+    try:
+        report = check_dataset(args.ann_file, args.images, decode_images=not args.no_decode)
+    except (OSError, ValueError) as error:
+        print(f"umop data check: error: {error}", file=sys.stderr)
+        return 2
+    print(report.format(max_listed=args.max_listed))
+    return 0 if report.ok else 1
+
+
+def _synth(args: argparse.Namespace) -> int:
+    size = args.image_size[0] if len(args.image_size) == 1 else tuple(args.image_size[:2])
+    try:
+        path = make_synthetic_dataset(
+            args.out_dir,
+            num_images=args.num_images,
+            image_size=size,
+            num_classes=args.num_classes,
+            class_imbalance=args.class_imbalance,
+            min_object_size=args.min_object_size,
+            max_object_size_fraction=args.max_object_size_fraction,
+            seed=args.seed,
+        )
+    except ValueError as error:
+        print(f"umop data synth: error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {path} (images under {path.parent / 'images'})")
+    return 0
+
