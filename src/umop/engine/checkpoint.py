@@ -1,0 +1,86 @@
+"""Atomic checkpoints and RNG state capture, for exact resumption."""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["save_checkpoint", "load_checkpoint", "get_rng_states", "set_rng_states", "seed_everything"]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's ``random``, NumPy and torch (CPU and all CUDA devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def get_rng_states() -> dict[str, Any]:
+    """The states of every random generator that training touches."""
+    states: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore the states captured by :func:`get_rng_states`."""
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        cuda_states = states["cuda"]
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """Write ``state`` with ``torch.save`` atomically: a temporary file in the same folder, then ``os.replace``.
+
+    A crash during the write leaves the previous checkpoint intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            torch.save(state, stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        if os.path.exists(temp_name):
+            os.unlink(temp_name)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` (or a bare ``state_dict``).
+
+    Raises:
+        ValueError: naming the file when it is missing or unreadable.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint '{path}' does not exist")
+    try:
+        # Our checkpoints hold RNG states (NumPy arrays, tuples) and the config dict: not weights-only.
+        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as error:  # noqa: BLE001 - report any unpickling failure with the file name
+        raise ValueError(f"checkpoint '{path}' could not be read: {error}") from error
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"checkpoint '{path}' does not hold a dict (got {type(checkpoint).__name__})")
+    if "model" not in checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        checkpoint = {"model": checkpoint}
+    return checkpoint
