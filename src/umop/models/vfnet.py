@@ -1,0 +1,241 @@
+"""VarifocalNet (Zhang et al., "VarifocalNet: An IoU-aware Dense Object Detector", CVPR 2021), as
+mmdetection's ``vfnet_r50_fpn_1x_coco``.
+
+- priors: one ``8 * stride`` square anchor per location for the ATSS assignment; the box regression is the
+  distance ``(l, t, r, b)`` from the anchor centre (``(i + 0.5) * stride``, so anchors and points agree);
+- assignment: ATSS (top-9 per level, mean + std IoU threshold, centre inside), :class:`ATSSAssigner`;
+- head (VFNet Sec. 4, Fig. 3): 3 x (3x3 conv + GN + ReLU) per branch; an initial box
+  ``exp(scale_l * x) * reg_denom_l`` (``reg_denom`` = middle of the level's FCOS scale range, mmdetection's
+  ``bbox_norm_type="reg_denom"``); from it the 9 *star-shaped* sampling points (the point, the 4 side
+  mid-points and 4 corners of the box) give the offsets of a 3x3 deformable convolution
+  (``torchvision.ops.deform_conv2d``) on both towers; the refined box is ``exp(scale'_l * x') * initial box``
+  (the initial box detached) and the IoU-aware classification score comes from the deformable features;
+  the gradient reaching the initial box through the offsets is scaled by ``gradient_mul = 0.1``;
+- losses: varifocal loss (alpha 0.75, gamma 2; VFNet Eq. 2) with target ``q = IoU(refined box, gt)`` for the
+  gt class of a positive, divided by the number of positives; GIoU on the initial box (weight 1.5) and the
+  refined box (weight 2.0), each weighted by the (detached) IoU of that box with its gt and divided by the
+  sum of those weights (clamped >= 1);
+- ``cls_loss``: ``"varifocal"`` (default), or ``"focal"`` / ``"pfl"`` / ``"pfl_mean"``. The latter three use
+  *one-hot* (binary) targets: UMOP's PFL estimates gamma_ad from the positives' predicted probability of a
+  binary target and is defined for binary targets only (``progressive_focal_loss`` rejects soft targets);
+  the IoU-aware soft targets are specific to the varifocal loss;
+- inference: score ``sigmoid(cls)`` (already IoU-aware, no centerness), boxes from the refined distances.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import DeformConv2d
+
+from ..assigners.atss import ATSSAssigner
+from ..assigners.common import AssignResult, PaddedTargets
+from ..assigners.fcos import FCOS_REGRESS_RANGES
+from ..losses.iou import aligned_box_iou, giou_loss
+from ..losses.varifocal import varifocal_loss
+from .anchors import AnchorGenerator
+from .atss import NormLayer, Scale, conv_tower, flatten_level, group_norm, masked_box_pairs, prediction_conv, prior_bias
+from .box_coder import DistancePointCoder
+from .detector import CLS_LOSSES, OneStageDetector
+
+__all__ = ["VFNet", "VFNetHead", "star_dcn_offset", "vfnet_reg_denoms"]
+
+
+def vfnet_reg_denoms(regress_ranges: Sequence[tuple[float, float]] = FCOS_REGRESS_RANGES) -> list[float]:
+    """Middle of each scale range, the last one twice the previous (mmdetection ``reg_denoms``):
+    ``[31.5, 96, 192, 384, 768]`` for the FCOS ranges."""
+    denoms = [(lo + hi) / 2 for lo, hi in regress_ranges]
+    denoms[-1] = denoms[-2] * 2
+    return denoms
+
+
+def star_dcn_offset(bbox_pred: Tensor, stride: float, gradient_mul: float = 0.1) -> Tensor:
+    """Offsets of a 3x3 deformable conv sampling the 9 star points of the predicted boxes (VFNet Sec. 4).
+
+    Args:
+        bbox_pred: ``(B, 4, H, W)`` distances ``(l, t, r, b)`` in pixels.
+        stride: the level's stride (pixels per feature cell).
+        gradient_mul: fraction of the gradient that flows back into ``bbox_pred``.
+    Returns:
+        ``(B, 18, H, W)`` offsets in ``deform_conv2d``'s layout: for kernel point ``k = 3 * i + j`` (row ``i``,
+        column ``j``), channels ``2k`` (dy) and ``2k + 1`` (dx). Kernel point ``(i, j)`` is moved from the regular
+        grid position ``(i - 1, j - 1)`` to ``(y_i, x_j)`` with ``y = (-t, 0, b)``, ``x = (-l, 0, r)`` (in cells).
+    """
+    scaled = ((1 - gradient_mul) * bbox_pred.detach() + gradient_mul * bbox_pred) / stride
+    left, top, right, bottom = scaled.unbind(1)  # each (B, H, W)
+    zeros = torch.zeros_like(left)
+    ys = torch.stack((-top, zeros, bottom), dim=1)  # (B, 3, H, W), row i
+    xs = torch.stack((-left, zeros, right), dim=1)  # column j
+    batch, _, height, width = ys.shape
+    y = ys[:, :, None].expand(batch, 3, 3, height, width)
+    x = xs[:, None, :].expand(batch, 3, 3, height, width)
+    base = torch.arange(-1.0, 2.0, device=bbox_pred.device, dtype=bbox_pred.dtype)
+    y = y - base.view(1, 3, 1, 1, 1)
+    x = x - base.view(1, 1, 3, 1, 1)
+    return torch.stack((y, x), dim=3).reshape(batch, 18, height, width)
+
+
+class VFNetHead(nn.Module):
+    """VFNet head with star-shaped deformable refinement.
+
+    Args:
+        in_channels: FPN channels.
+        num_classes: ``C``.
+        strides: stride of each level.
+        reg_denoms: per level, the scale of the initial box (:func:`vfnet_reg_denoms`).
+        num_convs: convs per tower (3).
+        feat_channels: tower channels (default ``in_channels``).
+        norm_layer: ``channels -> nn.Module`` (default :func:`group_norm`).
+        gradient_mul: gradient fraction from the deformable offsets into the initial box (0.1).
+        prior_probability: initial foreground probability (0.01).
+
+    ``forward(features) -> {"cls_logits": (B, A, C), "bbox_init": (B, A, 4), "bbox_regression": (B, A, 4)}``,
+    the box outputs being distances ``(l, t, r, b)`` in pixels (initial and refined).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, strides: Sequence[int] = (8, 16, 32, 64, 128),
+                 reg_denoms: Optional[Sequence[float]] = None, num_convs: int = 3,
+                 feat_channels: Optional[int] = None, norm_layer: Optional[NormLayer] = group_norm,
+                 gradient_mul: float = 0.1, prior_probability: float = 0.01) -> None:
+        super().__init__()
+        feat_channels = feat_channels or in_channels
+        self.strides = [int(s) for s in strides]
+        self.reg_denoms = list(reg_denoms) if reg_denoms is not None else vfnet_reg_denoms()
+        if len(self.reg_denoms) != len(self.strides):
+            raise ValueError(f"reg_denoms ({len(self.reg_denoms)}) must have one entry per stride ({len(self.strides)})")
+        self.gradient_mul = gradient_mul
+        self.cls_convs = conv_tower(in_channels, feat_channels, num_convs, norm_layer)
+        self.reg_convs = conv_tower(in_channels, feat_channels, num_convs, norm_layer)
+        self.reg_conv_init = conv_tower(feat_channels, feat_channels, 1, norm_layer)
+        self.reg_init = prediction_conv(feat_channels, 4)
+        self.reg_refine_dconv = DeformConv2d(feat_channels, feat_channels, 3, padding=1, bias=False)
+        self.reg_refine = prediction_conv(feat_channels, 4)
+        self.cls_dconv = DeformConv2d(feat_channels, feat_channels, 3, padding=1, bias=False)
+        self.cls = prediction_conv(feat_channels, num_classes, prior_bias(prior_probability))
+        for dconv in (self.reg_refine_dconv, self.cls_dconv):
+            nn.init.normal_(dconv.weight, std=0.01)
+        self.scales = nn.ModuleList([Scale(1.0) for _ in self.strides])
+        self.scales_refine = nn.ModuleList([Scale(1.0) for _ in self.strides])
+
+    def forward(self, features: Sequence[Tensor]) -> dict[str, Tensor]:
+        if len(features) != len(self.strides):
+            raise ValueError(f"features: expected {len(self.strides)} levels, got {len(features)}")
+        cls_logits, boxes_init, boxes_refine = [], [], []
+        for level, feature in enumerate(features):
+            cls_feat = self.cls_convs(feature)
+            reg_feat = self.reg_convs(feature)
+            init = self.scales[level](self.reg_init(self.reg_conv_init(reg_feat))).float().exp()
+            init = init * self.reg_denoms[level]  # (B, 4, H, W) pixels
+            offset = star_dcn_offset(init, self.strides[level], self.gradient_mul).to(reg_feat.dtype)
+            refine_feat = F.relu(self.reg_refine_dconv(reg_feat, offset))
+            refine = self.scales_refine[level](self.reg_refine(refine_feat)).float().exp() * init.detach()
+            cls_logits.append(flatten_level(self.cls(F.relu(self.cls_dconv(cls_feat, offset)))))
+            boxes_init.append(flatten_level(init))
+            boxes_refine.append(flatten_level(refine))
+        return {"cls_logits": torch.cat(cls_logits, 1), "bbox_init": torch.cat(boxes_init, 1),
+                "bbox_regression": torch.cat(boxes_refine, 1)}
+
+
+class VFNet(OneStageDetector):
+    """VarifocalNet on an FPN backbone.
+
+    Args:
+        backbone: FPN backbone returning P3..P7.
+        num_classes: number of object classes.
+        cls_loss: ``"varifocal"`` (default), ``"focal"``, ``"pfl"`` or ``"pfl_mean"`` (one-hot targets).
+        anchor_generator: default: one ``anchor_scale * stride`` square per location, centres at
+            ``(i + 0.5) * stride``.
+        head: default :class:`VFNetHead`.
+        assigner: default ``ATSSAssigner(num_classes, topk=9)``.
+        vfl_alpha, vfl_gamma, iou_weighted: varifocal loss options (0.75, 2.0, True).
+        box_init_loss_weight, box_loss_weight: GIoU weights of the initial (1.5) and refined (2.0) boxes.
+        head_norm_layer, num_convs, gradient_mul, prior_probability: head options.
+        **kwargs: :class:`OneStageDetector` options (PFL options, inference settings).
+
+    Training returns ``{"loss_cls", "loss_box" (refined), "loss_box_init", "stats"}``.
+    """
+
+    valid_cls_losses = CLS_LOSSES + ("varifocal",)
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        *,
+        cls_loss: str = "varifocal",
+        anchor_generator: Optional[AnchorGenerator] = None,
+        anchor_scale: float = 8.0,
+        head: Optional[nn.Module] = None,
+        assigner: Optional[Callable[..., AssignResult]] = None,
+        vfl_alpha: float = 0.75,
+        vfl_gamma: float = 2.0,
+        iou_weighted: bool = True,
+        box_init_loss_weight: float = 1.5,
+        box_loss_weight: float = 2.0,
+        head_norm_layer: Optional[NormLayer] = group_norm,
+        num_convs: int = 3,
+        gradient_mul: float = 0.1,
+        prior_probability: float = 0.01,
+        **kwargs: Any,
+    ) -> None:
+        strides = list(getattr(backbone, "strides", (8, 16, 32, 64, 128)))
+        if anchor_generator is None:
+            anchor_generator = AnchorGenerator([(anchor_scale * s,) for s in strides], [(1.0,)] * len(strides),
+                                               strides, round_base=False, offset=0.5)
+        if anchor_generator.num_priors_per_location != 1:
+            raise ValueError("anchor_generator: VFNet uses one anchor per location, got "
+                             f"{anchor_generator.num_priors_per_location}")
+        if head is None:
+            head = VFNetHead(backbone.out_channels, num_classes, strides, num_convs=num_convs,
+                             norm_layer=head_norm_layer, gradient_mul=gradient_mul,
+                             prior_probability=prior_probability)
+        super().__init__(backbone, head, anchor_generator, num_classes, cls_loss=cls_loss, **kwargs)
+        self.assigner = assigner or ATSSAssigner(num_classes, topk=9)
+        self.box_coder = DistancePointCoder()  # decodes distances from the anchor centres
+        self.vfl_alpha, self.vfl_gamma, self.iou_weighted = vfl_alpha, vfl_gamma, iou_weighted
+        self.box_init_loss_weight = box_init_loss_weight
+        self.box_loss_weight = box_loss_weight
+
+    def assign(self, priors: Tensor, num_priors_per_level: list[int], gt: PaddedTargets) -> AssignResult:
+        return self.assigner(priors, num_priors_per_level, gt)
+
+    def compute_losses(self, head_outputs: dict[str, Tensor], priors: Tensor, assign_result: AssignResult,
+                       gt: PaddedTargets) -> dict[str, Any]:
+        cls_logits = head_outputs["cls_logits"]
+        positive = assign_result.positive_mask  # (B, A)
+        positive_f = positive.to(cls_logits.dtype)
+        num_positive = positive_f.sum().clamp(min=1)
+
+        index = assign_result.matched_gt.clamp(min=0).unsqueeze(-1).expand(-1, -1, 4)
+        matched_boxes = torch.gather(gt.boxes, 1, index)  # (B, A, 4)
+        priors_b = priors.unsqueeze(0)
+        init_boxes, init_targets = masked_box_pairs(
+            self.box_coder.decode(head_outputs["bbox_init"], priors_b), matched_boxes, positive)
+        refine_boxes, refine_targets = masked_box_pairs(
+            self.box_coder.decode(head_outputs["bbox_regression"], priors_b), matched_boxes, positive)
+        with torch.no_grad():
+            iou_init = aligned_box_iou(init_boxes, init_targets) * positive_f  # (B, A)
+            iou_refine = aligned_box_iou(refine_boxes, refine_targets).clamp(min=1e-6) * positive_f
+
+        loss_box_init = giou_loss(init_boxes, init_targets, weight=iou_init, reduction="sum")
+        loss_box_init = loss_box_init / iou_init.sum().clamp(min=1) * self.box_init_loss_weight
+        loss_box = giou_loss(refine_boxes, refine_targets, weight=iou_refine, reduction="sum")
+        loss_box = loss_box / iou_refine.sum().clamp(min=1) * self.box_loss_weight
+
+        if self.cls_loss == "varifocal":
+            # IoU-aware classification score target (VFNet Sec. 3.1): q = IoU(refined box, gt) at the gt class.
+            one_hot = F.one_hot(assign_result.labels.clamp(min=0), self.num_classes + 1)[..., :self.num_classes]
+            targets = one_hot.to(cls_logits.dtype) * iou_refine.unsqueeze(-1)
+            weight = assign_result.valid_mask.to(cls_logits.dtype).unsqueeze(-1)
+            loss_cls = varifocal_loss(cls_logits, targets, alpha=self.vfl_alpha, gamma=self.vfl_gamma,
+                                      iou_weighted=self.iou_weighted, weight=weight, reduction="sum") / num_positive
+            counts = assign_result.num_anchors_per_level
+            stats = {"num_positive": self.level_counts(positive, counts),
+                     "num_anchors": torch.tensor(counts, dtype=torch.float32, device=cls_logits.device)
+                     * positive.shape[0]}
+        else:
+            loss_cls, stats = self.classification_loss(cls_logits, assign_result, num_positive)
+        return {"loss_cls": loss_cls, "loss_box": loss_box, "loss_box_init": loss_box_init, "stats": stats}
