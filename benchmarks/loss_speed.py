@@ -1,0 +1,83 @@
+"""Forward + backward time of the classification losses on RetinaNet-sized tensors, side by side.
+
+2 images at 640x640, 9 anchors per location on P3-P7 (76,725 anchors per image), 80 classes: about 12.3
+million logits. Prints the median time of each loss and the ratios the foundation issue asks for:
+    PFL / umop focal loss       (goal <= 1.10)
+    PFL / torchvision focal     (goal <= 1.00)
+The three losses run interleaved in the same process, on the same tensors, so the ratios are fair.
+
+    .venv/bin/python benchmarks/loss_speed.py [--repeats 15] [--device cpu|cuda] [--threads N]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torchvision
+
+from umop.losses import progressive_focal_loss, sigmoid_focal_loss
+
+
+def retinanet_sized_inputs(device: torch.device, images: int = 2, size: int = 640, anchors_per_location: int = 9,
+                           num_classes: int = 80, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    num_anchors_per_level = [(size // stride) ** 2 * anchors_per_location for stride in (8, 16, 32, 64, 128)]
+    num_anchors = sum(num_anchors_per_level)
+    logits = (torch.randn(images, num_anchors, num_classes, generator=generator) * 2 - 4).to(device)
+    targets = torch.zeros(images, num_anchors, num_classes)
+    positive_anchor = torch.rand(images, num_anchors, generator=generator) < 0.002
+    positive_class = torch.randint(num_classes, (images, num_anchors), generator=generator)
+    targets[positive_anchor, positive_class[positive_anchor]] = 1
+    weight = (torch.rand(images, num_anchors, generator=generator) > 0.05).float()  # some ignored anchors
+    normalizer = positive_anchor.sum().clamp(min=1).float()
+    return logits, targets.to(device), weight.to(device), normalizer.to(device), num_anchors_per_level
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    logits, targets, weight, normalizer, num_anchors_per_level = retinanet_sized_inputs(device)
+    print(f"device={device} threads={torch.get_num_threads()} torch={torch.__version__} "
+          f"torchvision={torchvision.__version__} logits={tuple(logits.shape)} ({logits.numel() / 1e6:.1f} M)")
+
+    def run_torchvision(x):
+        loss = torchvision.ops.sigmoid_focal_loss(x, targets, reduction="none")
+        return (loss * weight.unsqueeze(-1)).sum() / normalizer
+
+    def run_umop_focal(x):
+        return sigmoid_focal_loss(x, targets, reduction="sum", weight=weight) / normalizer
+
+    def run_pfl(x):
+        return progressive_focal_loss(x, targets, num_anchors_per_level, weight=weight, normalizer=normalizer)
+
+    candidates = {"torchvision focal": run_torchvision, "umop focal": run_umop_focal, "umop PFL": run_pfl}
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for repeat in range(args.repeats + 2):
+        for name, fn in candidates.items():
+            x = logits.detach().requires_grad_(True)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn(x).backward()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if repeat >= 2:  # the first two rounds warm up the allocator and caches
+                times[name].append(time.perf_counter() - start)
+    median = {name: statistics.median(values) for name, values in times.items()}
+    for name, value in median.items():
+        print(f"{name:>18}: {value * 1e3:8.1f} ms (median of {args.repeats}, forward + backward)")
+    print(f"PFL / umop focal        = {median['umop PFL'] / median['umop focal']:.3f}  (goal <= 1.10)")
+    print(f"PFL / torchvision focal = {median['umop PFL'] / median['torchvision focal']:.3f}  (goal <= 1.00)")
+    print(f"umop focal / torchvision focal = {median['umop focal'] / median['torchvision focal']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
