@@ -184,7 +184,8 @@ def _distributed_worker(rank: int, world_size: int, port: int, logits, targets, 
         loss, stats = progressive_focal_loss(local_logits, targets[rank:rank + 1], levels, return_stats=True,
                                              delta=1.5)
         loss.backward()
-        queue.put((rank, stats["gamma_ad"], stats["num_positive"], local_logits.grad))
+        # Plain lists: tensors sent through a queue live in shared memory that dies with this process.
+        queue.put((rank, stats["gamma_ad"].tolist(), stats["num_positive"].tolist(), local_logits.grad.tolist()))
     finally:
         dist.destroy_process_group()
 
@@ -215,6 +216,7 @@ def test_two_gloo_processes_get_the_single_process_gamma():
         process.join(timeout=60)
         assert process.exitcode == 0
     for rank, gamma_ad, num_positive, grad in results:
+        gamma_ad, num_positive, grad = torch.tensor(gamma_ad), torch.tensor(num_positive), torch.tensor(grad)
         torch.testing.assert_close(gamma_ad, whole["gamma_ad"])
         torch.testing.assert_close(num_positive, whole["num_positive"])
         # Each process holds one image: its gradient equals that image's slice of the whole-batch gradient.
