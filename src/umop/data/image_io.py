@@ -7,29 +7,25 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.io import ImageReadMode, decode_image, read_file
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
 
 def read_image_rgb(path: str | Path) -> torch.Tensor:
-    """Decode an image file to a ``uint8`` tensor ``[3, H, W]`` (RGB, EXIF orientation ignored like COCO).
+    """Decode an image file to a ``uint8`` tensor ``[3, H, W]`` (RGB; EXIF orientation ignored, like COCO).
 
-    torchvision's decoders (JPEG, PNG, WEBP, GIF) are tried first, PIL second (BMP, TIFF, ...).
+    Decoded with Pillow (torchvision's own decoders are deprecated since 0.29).
 
     Raises:
         OSError: the file is missing or cannot be decoded (message names the file).
     """
     path = Path(path)
     try:
-        return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
-    except Exception as torchvision_error:  # noqa: BLE001 - fall back to PIL for formats torchvision lacks
-        try:
-            with Image.open(path) as image:
-                array = np.asarray(image.convert("RGB"))
-            return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
-        except Exception as pil_error:  # noqa: BLE001
-            raise OSError(f"cannot decode image {path}: {pil_error} (torchvision: {torchvision_error})") from pil_error
+        with Image.open(path) as image:
+            array = np.array(image.convert("RGB"), dtype=np.uint8)
+    except Exception as error:  # noqa: BLE001 - any decoder failure means "unreadable"
+        raise OSError(f"cannot decode image {path}: {error}") from error
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
