@@ -148,3 +148,27 @@ def test_unusable_files_raise_naming_the_file(tmp_path: Path, content: str, matc
         CocoDetection(path, tmp_path)
     with pytest.raises(FileNotFoundError, match="missing.json"):
         CocoDetection(tmp_path / "missing.json", tmp_path)
+
+
+def test_all_images_unreadable_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "x.png").write_bytes(b"junk")
+    coco = {"images": [{"id": 1, "file_name": "x.png", "width": 4, "height": 4}], "categories": [{"id": 1, "name": "a"}]}
+    dataset = CocoDetection(coco, tmp_path)
+    with pytest.warns(BadRecordWarning), pytest.raises(RuntimeError, match="none of the 1 images could be read"):
+        dataset[0]
+
+
+def test_transforms_are_applied_to_image_and_boxes(tmp_path: Path) -> None:
+    from umop.data import build_transforms, make_tiny_synthetic_dataset
+
+    ann_file = make_tiny_synthetic_dataset(tmp_path)
+    plain = CocoDetection(ann_file)
+    resized = CocoDetection(ann_file, transforms=build_transforms(train=False, min_size=32, max_size=100))
+    for index in range(len(plain)):
+        (image, target), (small, small_target) = plain[index], resized[index]
+        assert small.shape == (3, 32, 32) and small.dtype == torch.float32
+        assert small_target["orig_size"] == (64, 64) and small_target["image_id"] == target["image_id"]
+        kept = small_target["labels"].tolist()
+        assert len(kept) <= len(target["labels"])
+        if len(kept) == len(target["labels"]):  # no box fell under 1 px: exact halving
+            torch.testing.assert_close(small_target["boxes"], target["boxes"] / 2)
