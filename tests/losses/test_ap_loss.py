@@ -66,15 +66,16 @@ def test_equals_one_minus_true_ap_when_scores_are_far_apart(interpolated):
         assert out2.item() == pytest.approx(0.5, rel=1e-12)
 
 
+@pytest.mark.parametrize("method", ["sort", "matrix"])
 @pytest.mark.parametrize("interpolated", [False, True])
-def test_matches_slow_reference_value_and_update(interpolated):
+def test_matches_slow_reference_value_and_update(interpolated, method):
     gen = torch.Generator().manual_seed(0)
     scores = torch.randn(2, 15, 3, generator=gen, dtype=torch.float64) * 1.5   # many pairs inside |x| <= delta
     labels = (torch.rand(2, 15, 3, generator=gen) < 0.15).long()
     labels[0, 0, 0] = 1
     weight = (torch.rand(2, 15, 1, generator=gen) > 0.1).double()   # ignore some anchors
     x = scores.clone().requires_grad_(True)
-    out = ap_loss(x, labels, weight, interpolated=interpolated)
+    out = ap_loss(x, labels, weight, interpolated=interpolated, method=method)
     out.backward()
     flat_labels = torch.where(weight.expand_as(scores) > 0, labels, torch.full_like(labels, -1)).flatten()
     ref, update = _slow_ap_loss(scores.flatten().tolist(), flat_labels.tolist(), interpolated)
@@ -82,22 +83,40 @@ def test_matches_slow_reference_value_and_update(interpolated):
     assert torch.allclose(x.grad.flatten(), torch.tensor(update, dtype=torch.float64), atol=1e-12)
     # chunked computation (tiny memory bound) gives the same value and update
     y = scores.clone().requires_grad_(True)
-    ap_loss_chunked = ap_loss(y, labels, weight, interpolated=interpolated, max_elements=7)
+    ap_loss_chunked = ap_loss(y, labels, weight, interpolated=interpolated, method="matrix", max_elements=7)
     ap_loss_chunked.backward()
     assert ap_loss_chunked.item() == pytest.approx(ref, rel=1e-10)
     assert torch.allclose(y.grad, x.grad, atol=1e-12)
 
 
+@pytest.mark.parametrize("method", ["sort", "matrix"])
 @pytest.mark.parametrize("interpolated", [False, True])
-def test_update_of_positives_and_negatives_sums_to_zero(interpolated):
+def test_update_of_positives_and_negatives_sums_to_zero(interpolated, method):
     gen = torch.Generator().manual_seed(3)
     x = (torch.randn(300, generator=gen, dtype=torch.float64) * 2).requires_grad_(True)
     labels = (torch.rand(300, generator=gen) < 0.1).long()
-    ap_loss(x, labels, interpolated=interpolated).backward()
+    ap_loss(x, labels, interpolated=interpolated, method=method).backward()
     pos = labels == 1
     assert x.grad[pos].sum().item() == pytest.approx(-x.grad[~pos].sum().item(), rel=1e-10)
     assert x.grad[pos].abs().sum() > 0
     assert torch.all(x.grad[pos] <= 0) and torch.all(x.grad[~pos] >= 0)
+
+
+@pytest.mark.parametrize("interpolated", [False, True])
+def test_sort_method_equals_matrix_method_at_scale(interpolated):
+    # float32 detector-like scores: many ties in the prior region and many pairs inside |x| <= delta
+    gen = torch.Generator().manual_seed(6)
+    scores = torch.randn(2, 2000, 5, generator=gen) * 1.2 - 3.0
+    scores[0, :300] = -4.59511985                      # the focal-loss prior bias, exactly tied
+    labels = (torch.rand(2, 2000, 5, generator=gen) < 0.01).long()
+    a = scores.clone().requires_grad_(True)
+    b = scores.clone().requires_grad_(True)
+    la = ap_loss(a, labels, interpolated=interpolated, method="sort")
+    lb = ap_loss(b, labels, interpolated=interpolated, method="matrix")
+    la.backward()
+    lb.backward()
+    assert la.item() == pytest.approx(lb.item(), rel=1e-5)
+    assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-9)
 
 
 def test_perfect_ranking_and_no_positive():
@@ -134,3 +153,5 @@ def test_bad_input():
         ap_loss(torch.zeros(3), torch.tensor([0, 1, 1]), reduction="none")
     with pytest.raises(ValueError, match="weight"):
         ap_loss(torch.zeros(3), torch.tensor([0, 1, 1]), torch.ones(2))
+    with pytest.raises(ValueError, match="method"):
+        ap_loss(torch.zeros(3), torch.tensor([0, 1, 1]), method="fast")

@@ -27,8 +27,14 @@ ascending score order), and a positive whose precision was raised has its negati
 plain form above.
 
 Implementation: an ``autograd.Function`` computing the value and the error-driven gradient together (as the
-official code does), vectorised over positives with ``(P, N)`` comparison matrices, chunked over positives so
-that memory stays below ``max_elements`` floats. Negatives with ``s_j < min_i s_i - delta`` have ``f = 0`` for
+official code does). ``method="matrix"`` vectorises over positives with ``(P, N)`` comparison matrices,
+chunked over positives so that memory stays below ``max_elements`` floats; it costs O(P N), which is minutes
+on CPU for a RetinaNet-sized batch (4 M scores, 400 positives: ~130 s against ~5 s for ``"sort"``, 2 CPU
+cores). ``method="sort"`` (default) computes the
+same sums exactly: ``f`` is piecewise linear, so ``sum_j f(s_j - s_i)`` is a count above ``s_i + delta`` plus
+a linear term over the window ``[s_i - delta, s_i + delta]``, both read from the sorted scores with
+``searchsorted`` and float64 prefix sums (and symmetrically for the negatives' update): O((P + N) log N).
+Negatives with ``s_j < min_i s_i - delta`` have ``f = 0`` for
 every positive and are skipped (the official code's acceleration). Selecting the positives and relevant
 negatives needs boolean indexing, i.e. a host synchronisation: AP-Loss is a whole-set ranking loss and cannot
 avoid it. Differences from the official code: no Python loop over positives; ``weight`` / ``target = -1``
@@ -48,37 +54,93 @@ def _step(x: Tensor, delta: float) -> Tensor:
     return (x / (2 * delta) + 0.5).clamp_(0.0, 1.0)
 
 
+def _matrix_sums(fg: Tensor, bg: Tensor, delta: float, max_elements: int) -> tuple[Tensor, Tensor]:
+    """``(sum_k f(fg_k - fg_i), sum_j f(bg_j - fg_i))`` per positive i from chunked (chunk, P) / (chunk, N)
+    comparison matrices."""
+    num_pos = fg.numel()
+    chunk = max(1, max_elements // max(num_pos, bg.numel(), 1))
+    with_pos = torch.empty_like(fg)
+    with_neg = torch.empty_like(fg)
+    for start in range(0, num_pos, chunk):           # chunks of positives, not single samples
+        fi = fg[start:start + chunk, None]
+        with_pos[start:start + chunk] = _step(fg[None, :] - fi, delta).sum(1)
+        with_neg[start:start + chunk] = _step(bg[None, :] - fi, delta).sum(1)
+    return with_pos, with_neg
+
+
+def _matrix_update(fg: Tensor, bg: Tensor, coef: Tensor, delta: float, max_elements: int) -> Tensor:
+    """``sum_i coef_i f(bg_j - fg_i)`` per negative j, chunked over positives."""
+    num_pos = fg.numel()
+    chunk = max(1, max_elements // max(num_pos, bg.numel(), 1))
+    out = torch.zeros_like(bg)
+    for start in range(0, num_pos, chunk):
+        fi = fg[start:start + chunk, None]
+        out += (_step(bg[None, :] - fi, delta) * coef[start:start + chunk, None]).sum(0)
+    return out
+
+
+def _sorted_step_sums(queries: Tensor, values: Tensor, delta: float, coef: Tensor | None = None) -> Tensor:
+    """``sum_k c_k f(v_k - q)`` for every query q, exactly, in O((Q + V) log V) (``c = 1`` when ``coef`` is None).
+
+    f(v - q) is 1 for ``v > q + delta``, ``(v - q + delta) / (2 delta)`` for ``|v - q| <= delta`` and 0 below:
+    with ``values`` sorted, the two boundaries come from ``searchsorted`` and the window sums from prefix sums
+    of ``c`` and ``c * v`` (float64).
+    """
+    v, order = torch.sort(values)
+    c = torch.ones_like(v, dtype=torch.float64) if coef is None else coef[order].double()
+    zero = c.new_zeros(1)
+    csum_c = torch.cat([zero, c.cumsum(0)])
+    csum_cv = torch.cat([zero, (c * v.double()).cumsum(0)])
+    lo = torch.searchsorted(v, queries - delta, right=False)   # first v >= q - delta
+    hi = torch.searchsorted(v, queries + delta, right=True)    # first v > q + delta
+    q = queries.double()
+    above = csum_c[-1] - csum_c[hi]
+    window = ((csum_cv[hi] - csum_cv[lo]) - (q - delta) * (csum_c[hi] - csum_c[lo])) / (2 * delta)
+    return (above + window).to(queries.dtype)
+
+
+def _sorted_update(fg: Tensor, bg: Tensor, coef: Tensor, delta: float) -> Tensor:
+    """``sum_i coef_i f(bg_j - fg_i)`` per negative j: positives below ``bg_j - delta`` count fully, those
+    within ``delta`` linearly (prefix sums over the sorted positives)."""
+    s, order = torch.sort(fg)
+    c = coef[order].double()
+    zero = c.new_zeros(1)
+    csum_c = torch.cat([zero, c.cumsum(0)])
+    csum_cs = torch.cat([zero, (c * s.double()).cumsum(0)])
+    lo = torch.searchsorted(s, bg - delta, right=False)        # positives with s < b - delta: f = 1
+    hi = torch.searchsorted(s, bg + delta, right=True)         # positives with s <= b + delta
+    b = bg.double()
+    window = ((b + delta) * (csum_c[hi] - csum_c[lo]) - (csum_cs[hi] - csum_cs[lo])) / (2 * delta)
+    return (csum_c[lo] + window).to(bg.dtype)
+
+
 class APLossFunction(torch.autograd.Function):
     """Value ``sum_i (1 - prec_i)`` over positives; backward returns the error-driven update (not a gradient).
 
     Inputs: ``logits`` (N,) float, ``positive`` (N,) bool, ``negative`` (N,) bool, ``delta``, ``interpolated``,
-    ``max_elements``. The caller divides by ``|P|`` for the mean.
+    ``method`` (``"sort"`` or ``"matrix"``), ``max_elements``. The caller divides by ``|P|`` for the mean.
     """
 
     @staticmethod
     def forward(ctx, logits: Tensor, positive: Tensor, negative: Tensor, delta: float, interpolated: bool,
-                max_elements: int) -> Tensor:
+                method: str, max_elements: int) -> Tensor:
         scores = logits.detach()
         if scores.dtype in (torch.float16, torch.bfloat16):
             scores = scores.float()
         update = torch.zeros_like(scores)
         fg = scores[positive]
-        num_pos = fg.numel()
-        if num_pos == 0:
+        if fg.numel() == 0:
             ctx.save_for_backward(update.to(logits.dtype))
             return scores.new_zeros(()).to(logits.dtype)
-        threshold = fg.min() - delta
-        relevant = negative & (scores >= threshold)
+        # negatives below min(fg) - delta have f = 0 against every positive (the official code's shortcut)
+        relevant = negative & (scores >= fg.min() - delta)
         bg = scores[relevant]
-        chunk = max(1, max_elements // max(num_pos, bg.numel(), 1))
-
-        rank_pos = torch.empty_like(fg)
-        false_pos = torch.empty_like(fg)
-        for start in range(0, num_pos, chunk):           # chunks of positives, each a (chunk, P) / (chunk, N) matrix
-            fi = fg[start:start + chunk, None]
-            # sum over all positives includes k = i with f(0) = 1/2: rank+ = 1 + sum_{k != i} f = 1/2 + sum_k f
-            rank_pos[start:start + chunk] = 0.5 + _step(fg[None, :] - fi, delta).sum(1)
-            false_pos[start:start + chunk] = _step(bg[None, :] - fi, delta).sum(1)
+        if method == "matrix":
+            with_pos, false_pos = _matrix_sums(fg, bg, delta, max_elements)
+        else:
+            with_pos, false_pos = _sorted_step_sums(fg, fg, delta), _sorted_step_sums(fg, bg, delta)
+        # the sum over all positives includes k = i with f(0) = 1/2: rank+ = 1 + sum_{k != i} f = 1/2 + sum_k f
+        rank_pos = 0.5 + with_pos
         rank = rank_pos + false_pos
         prec = rank_pos / rank
         if interpolated:
@@ -92,11 +154,10 @@ class APLossFunction(torch.autograd.Function):
             interp = prec
             scale = torch.ones_like(prec)
         coef = scale / rank                               # L_ij = f(x_ij) * coef_i
-        bg_update = torch.zeros_like(bg)
-        for start in range(0, num_pos, chunk):
-            fi = fg[start:start + chunk, None]
-            bg_update += (_step(bg[None, :] - fi, delta) * coef[start:start + chunk, None]).sum(0)
-        update[relevant] = bg_update
+        if method == "matrix":
+            update[relevant] = _matrix_update(fg, bg, coef, delta, max_elements)
+        else:
+            update[relevant] = _sorted_update(fg, bg, coef, delta)
         update[positive] = -(1 - interp)                  # = -sum_j L_ij (scaled), Alg. 1
         ctx.save_for_backward(update.to(logits.dtype))
         return (1 - interp).sum().to(logits.dtype)
@@ -104,12 +165,12 @@ class APLossFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output: Tensor):
         (update,) = ctx.saved_tensors
-        return update * grad_output, None, None, None, None, None
+        return update * grad_output, None, None, None, None, None, None
 
 
 def ap_loss(pred: Tensor, target: Tensor, weight: Tensor | None = None, reduction: str = "mean",
             avg_factor: float | Tensor | None = None, *, delta: float = 1.0, interpolated: bool = True,
-            max_elements: int = 1 << 24) -> Tensor:
+            method: str = "sort", max_elements: int = 1 << 24) -> Tensor:
     """AP-Loss ``1 - AP`` over all elements of ``pred`` ranked together (AP-Loss Eq. 5-7, Alg. 1).
 
     Args:
@@ -122,7 +183,10 @@ def ap_loss(pred: Tensor, target: Tensor, weight: Tensor | None = None, reductio
         avg_factor: with ``"mean"``, the divisor instead of ``|P|``.
         delta: half-width of the piecewise step function (paper: 1).
         interpolated: use interpolated AP (the official code) rather than plain AP.
-        max_elements: memory bound for the chunked (positives x negatives) matrices.
+        method: ``"sort"`` (default): exact sums of the piecewise-linear ``f`` from sorted scores and prefix
+            sums, O((P + N) log N) time and O(P + N) memory; ``"matrix"``: explicit (P, N) comparison
+            matrices chunked over positives (O(P N), the direct transcription of Alg. 1).
+        max_elements: memory bound of one chunk of the ``"matrix"`` method.
 
     Returns:
         scalar; its backward is the error-driven update.
@@ -135,6 +199,8 @@ def ap_loss(pred: Tensor, target: Tensor, weight: Tensor | None = None, reductio
                          f"target {tuple(target.shape)}")
     if delta <= 0:
         raise ValueError(f"delta must be positive, got {delta!r}")
+    if method not in ("sort", "matrix"):
+        raise ValueError(f"method must be 'sort' or 'matrix', got {method!r}")
     if not pred.is_floating_point():
         raise ValueError(f"pred must be a floating point tensor, got dtype {pred.dtype}")
     if not bool(((target == 0) | (target == 1) | (target == -1)).all()):
@@ -152,7 +218,8 @@ def ap_loss(pred: Tensor, target: Tensor, weight: Tensor | None = None, reductio
     flat = pred.reshape(-1)
     positive = ((target == 1) & valid).reshape(-1)
     negative = ((target == 0) & valid).reshape(-1)
-    total = APLossFunction.apply(flat, positive, negative, float(delta), bool(interpolated), int(max_elements))
+    total = APLossFunction.apply(flat, positive, negative, float(delta), bool(interpolated), method,
+                                 int(max_elements))
     if reduction == "sum":
         return total
     divisor = positive.sum().clamp(min=1).to(pred.dtype) if avg_factor is None else avg_factor
@@ -163,7 +230,7 @@ class APLoss(nn.Module):
     """Module form of :func:`ap_loss` with ``loss_weight``."""
 
     def __init__(self, delta: float = 1.0, interpolated: bool = True, reduction: str = "mean",
-                 loss_weight: float = 1.0) -> None:
+                 loss_weight: float = 1.0, method: str = "sort") -> None:
         super().__init__()
         if delta <= 0:
             raise ValueError(f"delta must be positive, got {delta!r}")
@@ -171,6 +238,9 @@ class APLoss(nn.Module):
             raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
         self.delta = float(delta)
         self.interpolated = bool(interpolated)
+        if method not in ("sort", "matrix"):
+            raise ValueError(f"method must be 'sort' or 'matrix', got {method!r}")
+        self.method = method
         self.reduction = reduction
         self.loss_weight = float(loss_weight)
 
@@ -178,4 +248,4 @@ class APLoss(nn.Module):
                 avg_factor: float | Tensor | None = None, reduction_override: str | None = None) -> Tensor:
         reduction = reduction_override or self.reduction
         return self.loss_weight * ap_loss(pred, target, weight, reduction, avg_factor, delta=self.delta,
-                                          interpolated=self.interpolated)
+                                          interpolated=self.interpolated, method=self.method)
