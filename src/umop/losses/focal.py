@@ -118,17 +118,39 @@ def binary_focal_terms(signed_logits: Tensor, ce: Tensor, modulating_base: Tenso
     return loss, grad
 
 
+def last_dim_sums(values: Tensor) -> Tensor:
+    """Sum over the last dimension as a matrix-vector product (one BLAS pass, no temporary)."""
+    flat = values.reshape(-1, values.shape[-1])
+    return (flat @ flat.new_ones(values.shape[-1])).view(values.shape[:-1])
+
+
+def last_dim_dots(first: Tensor, second: Tensor) -> Tensor:
+    """sum(first * second, -1) as a batched dot product (no (..., C) temporary)."""
+    size = first.shape[-1]
+    return torch.bmm(first.reshape(-1, 1, size), second.reshape(-1, size, 1)).view(first.shape[:-1])
+
+
+def binary_violation(targets: Tensor, row_sums: Tensor) -> Tensor:
+    """Boolean scalar tensor: True if some target is not 0 or 1.
+
+    For t in [0, 1], t - t^2 >= 0 with equality only at 0 and 1, so targets are binary exactly when they
+    lie in [0, 1] and each row's sum of t equals its sum of t^2. Two passes, no (..., C) temporaries.
+    """
+    low, high = torch.aminmax(targets)
+    return (low < 0) | (high > 1) | (last_dim_dots(targets, targets) != row_sums).any()
+
+
 def targets_are_binary(targets: Tensor) -> bool:
     """True when the fast binary path applies: bool targets, or CPU targets that are all 0/1.
 
-    The check costs one pass on CPU (no device to synchronise with); on an accelerator it would be a
+    On CPU the check costs two passes and no device synchronisation; on an accelerator it would be a
     host synchronisation, so non-bool CUDA targets take the general path.
     """
     if targets.dtype == torch.bool:
         return True
-    if targets.is_cuda or targets.requires_grad:
+    if targets.is_cuda or targets.requires_grad or targets.numel() == 0:
         return False
-    return bool(((targets == 0) | (targets == 1)).all())
+    return not bool(binary_violation(targets, last_dim_sums(targets)))
 
 
 class FocalLossFunction(torch.autograd.Function):

@@ -41,7 +41,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .focal import binary_focal_prelude, binary_focal_terms
+from .focal import binary_focal_prelude, binary_focal_terms, binary_violation, last_dim_dots, last_dim_sums
 
 __all__ = ["progressive_focal_loss", "ProgressiveFocalLoss", "level_index_for", "ESTIMATORS",
            "LEVEL_REDUCTIONS"]
@@ -86,13 +86,18 @@ def _validate(logits: Tensor, targets: Tensor, num_anchors_per_level: Sequence[i
         raise ValueError(f"level_reduction must be one of {LEVEL_REDUCTIONS}, got {level_reduction!r}")
     if weight is not None and weight.shape != logits.shape[:2]:
         raise ValueError(f"weight must be (B, A) = {tuple(logits.shape[:2])}, got {tuple(weight.shape)}")
-    if targets.dtype != torch.bool:
-        if targets.is_cuda:  # device-side assert: no host synchronisation
-            torch._assert_async(((targets == 0) | (targets == 1)).all(),
-                                "progressive_focal_loss: targets must be binary (one-hot)")
-        elif not ((targets == 0) | (targets == 1)).all():
-            raise ValueError("targets must be binary one-hot (0 or 1) for progressive_focal_loss; "
-                             "use sigmoid_focal_loss for soft targets")
+
+
+def _check_binary(targets: Tensor, positives_per_anchor: Tensor) -> None:
+    """Targets must be one-hot 0/1; on CUDA a device-side assert (no host synchronisation)."""
+    if targets.numel() == 0:
+        return
+    violation = binary_violation(targets, positives_per_anchor)
+    if targets.is_cuda:
+        torch._assert_async(~violation, "progressive_focal_loss: targets must be binary (one-hot)")
+    elif violation:
+        raise ValueError("targets must be binary one-hot (0 or 1) for progressive_focal_loss; "
+                         "use sigmoid_focal_loss for soft targets")
 
 
 def _adaptive_parameters(level_sums: Tensor, gamma: float, delta: float, w: float,
@@ -115,16 +120,14 @@ class ProgressiveFocalLossFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: Tensor, targets: Tensor, level_index: Tensor, num_levels: int, gamma: float,
                 delta: float, w: float, estimator: str, level_reduction: str, valid: Tensor | None,
-                weight: Tensor | None, normalizer: Tensor | float, sync: bool):
-        targets = targets.to(logits.dtype)
+                weight: Tensor | None, normalizer: Tensor | float, sync: bool, positives_per_anchor: Tensor):
         signed_logits, ce, modulating_base = binary_focal_prelude(logits, targets)
 
         # ---- per-level statistics of the positives (UMOP Eq. 4 / released code) -----------------------
-        positives_per_anchor = targets.sum(-1)                                          # (B, A)
         if estimator == "official":   # sum of -log(p) = ce over the positives
-            term_per_anchor = torch.einsum("bac,bac->ba", targets, ce)
+            term_per_anchor = last_dim_dots(targets, ce)
         else:                         # sum of p = 1 - m over the positives
-            term_per_anchor = positives_per_anchor - torch.einsum("bac,bac->ba", targets, modulating_base)
+            term_per_anchor = positives_per_anchor - last_dim_dots(targets, modulating_base)
         per_anchor = torch.stack([term_per_anchor, positives_per_anchor])            # (2, B, A)
         if valid is not None:
             per_anchor = per_anchor * valid
@@ -142,7 +145,7 @@ class ProgressiveFocalLossFunction(torch.autograd.Function):
         scale = weight.unsqueeze(-1) * scale if weight is not None else torch.as_tensor(scale, dtype=logits.dtype)
         loss, grad = binary_focal_terms(signed_logits, ce, modulating_base, targets, anchor_alpha,
                                         anchor_gamma, scale, need_grad=logits.requires_grad)
-        level_loss = loss.new_zeros(num_levels).index_add_(0, level_index, loss.sum(dim=(0, 2)))
+        level_loss = loss.new_zeros(num_levels).index_add_(0, level_index, last_dim_sums(loss).sum(0))
         ctx.save_for_backward(grad if grad is not None else torch.empty(0))
         stats = torch.stack([gamma_ad, alpha_ad, level_sums[1]])
         ctx.mark_non_differentiable(level_loss, stats)
@@ -151,7 +154,7 @@ class ProgressiveFocalLossFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_total: Tensor, grad_level_loss: Tensor, grad_stats: Tensor):
         (grad,) = ctx.saved_tensors
-        return (grad * grad_total,) + (None,) * 12
+        return (grad * grad_total,) + (None,) * 13
 
 
 def progressive_focal_loss(logits: Tensor, targets: Tensor, num_anchors_per_level: Sequence[int], *,
@@ -193,9 +196,14 @@ def progressive_focal_loss(logits: Tensor, targets: Tensor, num_anchors_per_leve
         normalizer = float(normalizer)
     valid_mask = (weight > 0).to(logits.dtype) if weight is not None else None
     weight = weight.to(logits.dtype) if weight is not None else None
+    targets_are_bool = targets.dtype == torch.bool
+    targets = targets.to(logits.dtype)
+    positives_per_anchor = last_dim_sums(targets)                                       # (B, A)
+    if not targets_are_bool:
+        _check_binary(targets, positives_per_anchor)
     total, level_loss, stats = ProgressiveFocalLossFunction.apply(
         logits, targets, level_index, num_levels, gamma, delta, w, estimator, level_reduction, valid_mask,
-        weight, normalizer, sync)
+        weight, normalizer, sync, positives_per_anchor)
     if not return_stats:
         return total
     num_valid_anchors = (valid_mask.sum(0) if valid_mask is not None
