@@ -151,3 +151,12 @@ def test_bad_input():
         carl_loss(torch.rand(2, 3), torch.zeros(2, 3, dtype=torch.long), torch.rand(2, 3), C)
     with pytest.raises(ValueError, match="reg_loss"):
         carl_loss(torch.rand(2, 3, C), torch.zeros(2, 3, dtype=torch.long), torch.rand(2, 4), C)
+
+
+def test_carl_without_positives_is_zero_with_a_graph():
+    logits = torch.randn(1, 4, C, requires_grad=True)
+    reg = torch.rand(1, 4, 4, requires_grad=True)
+    out = carl_loss(logits, torch.full((1, 4), C), reg, C)
+    out.backward()
+    assert out.item() == 0.0
+    assert torch.all(logits.grad == 0) and torch.all(reg.grad == 0)
