@@ -56,7 +56,10 @@ def prepare_synthetic_data(config: Config, run_dir: Path) -> None:
         if ann_file is None and get_rank() == 0:
             ann_file = Path(make_synthetic_dataset(split_dir, num_images=num_images, image_size=synthetic.image_size,
                                                    num_classes=synthetic.num_classes,
-                                                   class_imbalance=synthetic.class_imbalance, seed=seed))
+                                                   class_imbalance=synthetic.class_imbalance,
+                                                   min_object_size=synthetic.min_object_size,
+                                                   max_object_size_fraction=synthetic.max_object_size_fraction,
+                                                   objects_per_image=tuple(synthetic.objects_per_image), seed=seed))
         from .distributed import barrier
 
         barrier()

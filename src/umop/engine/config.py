@@ -60,6 +60,9 @@ class SyntheticDataConfig:
     image_size: int = 256
     num_classes: int = 3
     class_imbalance: float = 4.0
+    min_object_size: int = 4
+    max_object_size_fraction: float = 0.8
+    objects_per_image: list = field(default_factory=lambda: [1, 8])
     seed: int = 0
     out_dir: str = ""  # default: RUN_DIR/data
 
@@ -125,7 +128,6 @@ class EvalConfig:
 
     every: int = 1
     batch_size: int = 0  # 0 = the training batch size per process
-    score_thresh: float = 0.05
 
 
 @dataclass

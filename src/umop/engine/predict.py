@@ -1,0 +1,130 @@
+"""Load a trained detector from a checkpoint, evaluate it, or draw its detections on images."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..evaluation import detections_to_coco_results
+from .builders import build_model, test_min_size
+from .checkpoint import load_checkpoint
+from .config import Config
+
+__all__ = ["load_trained_model", "predict_images", "draw_detections", "PALETTE"]
+
+PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45",
+           "#fabed4", "#469990", "#dcbeff", "#9a6324", "#fffac8", "#800000", "#aaffc3", "#808000"]
+
+
+def load_trained_model(config: Config, checkpoint_path: str | Path,
+                       device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Build the config's detector and load the weights of ``checkpoint_path`` (a Trainer checkpoint).
+
+    Returns ``(model in eval mode, info)`` with ``info = {"class_names", "label_to_category_id", "epoch"}``;
+    the number of classes comes from the checkpoint when it records its class names.
+    """
+    checkpoint = load_checkpoint(checkpoint_path, map_location="cpu")
+    class_names = list(checkpoint.get("class_names") or [f"class_{i}" for i in range(config.model.num_classes)])
+    model = build_model(config.model, num_classes=len(class_names))
+    state = {k.removeprefix("module."): v for k, v in checkpoint["model"].items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise ValueError(f"checkpoint '{checkpoint_path}' does not match model '{config.model.name}' / backbone "
+                         f"'{config.model.backbone}' of the config: {error}") from error
+    info = {
+        "class_names": class_names,
+        "label_to_category_id": list(checkpoint.get("label_to_category_id") or range(1, len(class_names) + 1)),
+        "epoch": checkpoint.get("epoch"),
+    }
+    return model.to(device).eval(), info
+
+
+def draw_detections(image: torch.Tensor, detection: dict[str, torch.Tensor], class_names: Sequence[str],
+                    score_thresh: float = 0.3) -> torch.Tensor:
+    """Draw boxes with ``"name score"`` captions on a ``uint8 [3, H, W]`` image; returns a new uint8 image."""
+    from torchvision.utils import draw_bounding_boxes
+
+    keep = detection["scores"] >= score_thresh
+    boxes = detection["boxes"][keep].float()
+    labels = detection["labels"][keep].tolist()
+    scores = detection["scores"][keep].tolist()
+    if not len(labels):
+        return image.clone()
+    captions = [f"{class_names[label]} {score:.2f}" for label, score in zip(labels, scores)]
+    colors = [PALETTE[label % len(PALETTE)] for label in labels]
+    width = max(1, round(min(image.shape[-2:]) / 200))
+    return draw_bounding_boxes(image, boxes, labels=captions, colors=colors, width=width)
+
+
+@torch.no_grad()
+def predict_images(model: nn.Module, image_paths: Sequence[str | Path], out_dir: str | Path, *,
+                   class_names: Sequence[str], label_to_category_id: Sequence[int] | None = None,
+                   min_size: int = 800, max_size: int = 1333, score_thresh: float = 0.3,
+                   device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Detect objects in image files; write one PNG per image with the boxes drawn, and a results json.
+
+    Images are resized like the evaluation data (shorter side ``min_size``, longer ``<= max_size``); boxes
+    are mapped back to the original pixels. ``OUT_DIR/results.json`` is a COCO results list (image ids are
+    1..N in the given order; ``OUT_DIR/images.json`` maps them to the files). Detections below
+    ``score_thresh`` are neither drawn nor written.
+
+    Returns ``{"results": path, "images": [png paths], "num_detections": int}``.
+    """
+    from PIL import Image
+    from torchvision import tv_tensors
+
+    from ..data import build_transforms
+    from ..data.image_io import read_image_rgb
+    from .inference import rescale_boxes
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    transforms = build_transforms(train=False, min_size=min_size, max_size=max_size, flip_prob=0.0)
+    model.eval()
+    detections, image_records, pngs = [], [], []
+    used_names: set[str] = set()
+    for index, path in enumerate(image_paths):
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"image '{path}' does not exist")
+        original = read_image_rgb(path)
+        height, width = original.shape[-2:]
+        empty = {"boxes": tv_tensors.BoundingBoxes(torch.zeros(0, 4), format="XYXY", canvas_size=(height, width)),
+                 "labels": torch.zeros(0, dtype=torch.int64)}
+        image, _ = transforms(tv_tensors.Image(original), empty)
+        image = image.as_subclass(torch.Tensor)
+        output = model([image.to(device)])[0]
+        detection = {
+            "boxes": rescale_boxes(output["boxes"].float().cpu(), image.shape[-2:], (height, width)),
+            "scores": output["scores"].float().cpu(),
+            "labels": output["labels"].cpu(),
+        }
+        detections.append(detection)
+        image_records.append({"id": index + 1, "file_name": str(path), "width": int(width), "height": int(height)})
+        name = path.stem
+        while name in used_names:  # two inputs with the same stem from different folders
+            name += "_"
+        used_names.add(name)
+        drawn = draw_detections(original, detection, class_names, score_thresh)
+        png = out_dir / f"{name}.png"
+        Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(png)
+        pngs.append(png)
+    results = detections_to_coco_results(detections, image_ids=[r["id"] for r in image_records],
+                                         label_to_category_id=label_to_category_id, score_thresh=score_thresh)
+    results_path = out_dir / "results.json"
+    results_path.write_text(json.dumps(results))
+    categories = [{"id": int(cid), "name": name} for name, cid in
+                  zip(class_names, label_to_category_id or range(1, len(class_names) + 1))]
+    (out_dir / "images.json").write_text(json.dumps({"images": image_records, "categories": categories}, indent=1))
+    return {"results": results_path, "images": pngs, "num_detections": len(results)}
+
+
+def eval_sizes(config: Config) -> tuple[int, int]:
+    """``(min_size, max_size)`` used at test time by a config."""
+    return test_min_size(config.data), config.data.max_size
