@@ -1,0 +1,150 @@
+"""One self-contained HTML page that gathers the analyses (PNGs embedded as base64).
+
+The PNGs and CSVs are also copied beside the page, for papers and notebooks.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from umop.analysis.levels import (LEVELS, highest_level_has_highest_share, mean_positive_ratios, positive_ratios,
+                                  read_level_csv)
+from umop.analysis.plots import plot_level_imbalance
+from umop.analysis.run import analyze_run
+
+CAPTIONS: dict[str, str] = {
+    "level_imbalance.png": (
+        "Level imbalance (UMOP Fig. 2). For each detector, the box plots give the per-image share of positive "
+        "anchors/points on each pyramid level P3..P7 (num_positive / num_total), and the red dots joined by a "
+        "dotted line their means. Look for: means that grow with the level, i.e. P7 gets the largest share of "
+        "positives. Such a spread means one focal-loss setting cannot suit every level, which is what "
+        "Progressive Focal Loss adapts to."),
+    "class_imbalance.png": (
+        "Class imbalance (survey Fig. 5). Top: ground-truth boxes per class, sorted. Bottom: positive "
+        "(foreground) anchors/points per class under the detector's assigner. Look for: a long tail, and "
+        "classes whose share of anchors is smaller than their share of objects (small objects get fewer "
+        "anchors), which foreground-foreground class imbalance methods target."),
+    "scale_imbalance.png": (
+        "Scale imbalance (survey Fig. 7). Distributions of box width, height (relative to the image) and area "
+        "(relative to the image area, log axis; dashed lines: COCO's small/medium/large limits for a 640x480 "
+        "image). Look for: a mass of small objects, which few pyramid levels serve."),
+    "iou_distribution.png": (
+        "IoU distribution of positive anchors (survey Fig. 12). For each detector, the fraction of positive "
+        "anchors per IoU bin with their matched box. Look for: most positives close to the IoU threshold and "
+        "few of high IoU (a regression-side imbalance that IoU-balanced sampling and loss weighting address). "
+        "Point-based FCOS reports no anchor IoU."),
+    "location_heatmap.png": (
+        "Object location (survey Fig. 13). Heatmap of the box centres in normalised image coordinates "
+        "(x right, y down). Look for: a concentration at the image centre, i.e. spatial imbalance."),
+    "run_levels.png": (
+        "Training run. Loss curves, and per level P3..P7 the positive ratio, gamma_ad and alpha_ad of "
+        "Progressive Focal Loss over iterations (UMOP Fig. 3). Look for: gamma_ad large early and falling as "
+        "a level converges; the dashed line marks the focal loss' fixed gamma = 2."),
+    "objective_imbalance.png": (
+        "Objective imbalance (survey Fig. 14). Classification vs regression losses and the L2 norm of their "
+        "gradients at the shared FPN features. Look for: one objective's gradient dominating the other by "
+        "an order of magnitude (ratio far from 1), which loss-weighting methods correct."),
+}
+DATASET_FILES = ("class_imbalance", "scale_imbalance", "iou_distribution", "location_heatmap")
+DATASET_CSVS = ("class_imbalance.csv", "objects.csv", "iou_distribution.csv", "location_heatmap.csv")
+
+
+@dataclass
+class Section:
+    """One section of the page: a title, an optional HTML table and the figures with captions."""
+
+    title: str
+    figures: list[Path]
+    table_html: str = ""
+
+
+def _figure_html(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    caption = CAPTIONS.get(path.name, path.stem.replace("_", " "))
+    return (f'<figure><img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
+            f'<figcaption><b>{html.escape(path.name)}</b>: {html.escape(caption)}</figcaption></figure>')
+
+
+def _levels_table(means: dict[str, dict[int, float]]) -> str:
+    head = "".join(f"<th>P{level}</th>" for level in LEVELS)
+    rows = []
+    for detector, per_level in means.items():
+        cells = "".join(f"<td>{per_level[level]:.3e}</td>" for level in LEVELS)
+        verdict = "yes" if highest_level_has_highest_share(per_level) else "no"
+        rows.append(f"<tr><td>{html.escape(detector)}</td>{cells}<td>{verdict}</td></tr>")
+    return (f"<table><tr><th>detector</th>{head}<th>P7 has the highest share?</th></tr>{''.join(rows)}"
+            "</table><p class=note>Mean over images of num_positive / num_total per level.</p>")
+
+
+def _copy(source: Path, out_dir: Path) -> Path:
+    target = out_dir / source.name
+    if source.resolve() != target.resolve():
+        shutil.copyfile(source, target)
+    return target
+
+
+def levels_section(levels_dir: Path, out_dir: Path) -> Section:
+    """Level imbalance from ``levels_dir/level_stats.csv`` (the plot is redrawn from the CSV)."""
+    if not levels_dir.is_dir():
+        raise ValueError(f"levels directory {levels_dir} does not exist (--levels)")
+    rows = read_level_csv(levels_dir / "level_stats.csv")
+    if not rows:
+        raise ValueError(f"{levels_dir / 'level_stats.csv'} has no rows (--levels)")
+    _copy(levels_dir / "level_stats.csv", out_dir)
+    figure = plot_level_imbalance(positive_ratios(rows), out_dir / "level_imbalance.png")
+    return Section("Level imbalance (UMOP)", [figure], _levels_table(mean_positive_ratios(rows)))
+
+
+def dataset_section(dataset_dir: Path, out_dir: Path) -> Section:
+    """The survey's dataset analyses found in ``dataset_dir``."""
+    if not dataset_dir.is_dir():
+        raise ValueError(f"dataset analysis directory {dataset_dir} does not exist (--dataset)")
+    figures = [_copy(dataset_dir / f"{name}.png", out_dir) for name in DATASET_FILES
+               if (dataset_dir / f"{name}.png").is_file()]
+    if not figures:
+        raise ValueError(f"{dataset_dir} holds none of {', '.join(n + '.png' for n in DATASET_FILES)} "
+                         "(--dataset: run `umop analyze dataset` first)")
+    for name in DATASET_CSVS:
+        if (dataset_dir / name).is_file():
+            _copy(dataset_dir / name, out_dir)
+    return Section("Dataset imbalance (survey)", figures)
+
+
+def run_section(run_dir: Path, out_dir: Path) -> Section:
+    """Training-run plots, drawn from ``run_dir/log.jsonl`` into ``out_dir``."""
+    written = analyze_run(run_dir, out_dir)
+    return Section(f"Training run {run_dir.name}", [path for path in written if path.suffix == ".png"])
+
+
+def write_report(out: str | Path, *, levels_dir: str | Path | None = None, dataset_dir: str | Path | None = None,
+                 run_dir: str | Path | None = None, title: str = "umop imbalance report") -> Path:
+    """Write the HTML page ``out`` (PNGs and CSVs beside it) and return its path."""
+    if levels_dir is None and dataset_dir is None and run_dir is None:
+        raise ValueError("nothing to report: give at least one of --levels, --dataset, --run")
+    out = Path(out)
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise ValueError(f"--out {out} must be an .html file")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sections = []
+    if levels_dir is not None:
+        sections.append(levels_section(Path(levels_dir), out.parent))
+    if dataset_dir is not None:
+        sections.append(dataset_section(Path(dataset_dir), out.parent))
+    if run_dir is not None:
+        sections.append(run_section(Path(run_dir), out.parent))
+    body = "".join(f"<section><h2>{html.escape(section.title)}</h2>{section.table_html}"
+                   f"{''.join(_figure_html(path) for path in section.figures)}</section>" for section in sections)
+    out.write_text(
+        "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
+        f"<title>{html.escape(title)}</title><style>"
+        "body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
+        "img{max-width:100%;border:1px solid #ddd}figure{margin:1.5em 0}figcaption{font-size:0.95em}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
+        "text-align:right}td:first-child{text-align:left}.note{font-size:0.9em;color:#555}"
+        f"</style></head><body><h1>{html.escape(title)}</h1>"
+        "<p>Generated by <code>umop analyze report</code>. The PNGs and CSVs of every plot are beside this "
+        f"page.</p>{body}</body></html>\n")
+    return out
