@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from umop.analysis import plots
+from umop.analysis import levels, plots
 from umop.analysis.coco import CocoIndex
-from umop.analysis.levels import AssignFn, assign_images, build_assigner, check_detector_name
+from umop.analysis.levels import AssignFn, assign_images, check_detector_name
 
 IOU_BINS = np.round(np.linspace(0.0, 1.0, 21), 2)
 LOCATION_BINS = 20
@@ -208,8 +208,12 @@ def location_heatmap(table: ObjectTable, out_dir: Path, bins: int = LOCATION_BIN
 
 def analyze_dataset(index: CocoIndex, out_dir: str | Path, detectors: Sequence[str] = ("atss",), *,
                     min_size: int = 800, max_size: int = 1333,
-                    assigner_factory: Callable[[str, int], AssignFn] = build_assigner) -> list[Path]:
-    """Run the four survey analyses and return the written PNG and CSV paths."""
+                    assigner_factory: Callable[[str, int], AssignFn] | None = None) -> list[Path]:
+    """Run the four survey analyses and return the written PNG and CSV paths.
+
+    ``assigner_factory(detector, num_classes) -> assign_fn`` defaults to ``levels.build_assigner``.
+    """
+    assigner_factory = assigner_factory or levels.build_assigner
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = list(dict.fromkeys(check_detector_name(name) for name in detectors))

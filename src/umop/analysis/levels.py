@@ -166,8 +166,12 @@ def level_rows(detector: str, assignments: Iterator[ImageAssignment]) -> list[Le
 
 def level_statistics(index: CocoIndex, detectors: Sequence[str], *, min_size: int = 800,
                      max_size: int = 1333,
-                     assigner_factory: Callable[[str, int], AssignFn] = build_assigner) -> list[LevelRow]:
-    """Per image and level counts for every detector (UMOP Fig. 2 data)."""
+                     assigner_factory: Callable[[str, int], AssignFn] | None = None) -> list[LevelRow]:
+    """Per image and level counts for every detector (UMOP Fig. 2 data).
+
+    ``assigner_factory(detector, num_classes) -> assign_fn`` defaults to :func:`build_assigner`.
+    """
+    assigner_factory = assigner_factory or build_assigner
     names = [check_detector_name(name) for name in detectors]
     if not names:
         raise ValueError("no detector given (--detector)")
