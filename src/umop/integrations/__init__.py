@@ -1,0 +1,5 @@
+"""Adapters that bring UMOP to other detection libraries."""
+
+from .torchvision import use_progressive_focal_loss
+
+__all__ = ["use_progressive_focal_loss"]
