@@ -1,0 +1,93 @@
+"""`umop` end to end on a tiny synthetic set: train one short epoch -> eval -> predict (PNG + results json)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from umop.cli import main
+from umop.data import make_tiny_synthetic_dataset
+
+TINY = ["model.backbone=resnet18", "model.options.fpn_channels=64", "model.options.score_thresh=0.0",
+        "data.synthetic.enabled=false",
+        "data.min_size=64", "data.max_size=64", "batch_size=4", "solver.epochs=1", "solver.warmup_iters=1",
+        "log.every=1", "log.progress_bar=false", "log.tensorboard=false", "seed=0"]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    train = make_tiny_synthetic_dataset(root / "train", num_images=8, seed=0)
+    val = make_tiny_synthetic_dataset(root / "val", num_images=4, seed=1)
+    return [f"data.train_ann={train}", f"data.train_images={train.parent}",
+            f"data.val_ann={val}", f"data.val_images={val.parent}"], val
+
+
+def test_train_eval_predict_end_to_end(tmp_path, tiny_data, capsys):
+    data, val_ann = tiny_data
+    run_dir = tmp_path / "run"
+    assert main(["train", "configs/demo_synthetic.yaml", "--out", str(run_dir), "--set", *TINY, *data]) == 0
+    checkpoint = run_dir / "checkpoints" / "last.pt"
+    assert checkpoint.is_file() and (run_dir / "checkpoints" / "epoch_1.pt").is_file()
+    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in records] == [1, 2]
+    assert len(records[0]["level/positive_ratio"]) == 5 and len(records[0]["level/gamma_ad"]) == 5  # PFL stats
+    evaluations = json.loads((run_dir / "eval.json").read_text())
+    assert evaluations[-1]["epoch"] == 1 and len(evaluations[-1]["per_class"]) == 3
+    assert "run folder" in capsys.readouterr().out
+
+    eval_out = tmp_path / "eval.json"
+    results_out = tmp_path / "results.json"
+    assert main(["eval", "demo_synthetic", str(checkpoint), "--set", *TINY, *data,
+                 "--out", str(eval_out), "--results", str(results_out)]) == 0
+    metrics = json.loads(eval_out.read_text())
+    assert metrics["AP"] == pytest.approx(evaluations[-1]["AP"])  # same weights, same data, same number
+    assert metrics["num_images"] == 4
+    printed = capsys.readouterr().out
+    assert "AP50" in printed and "class" in printed
+    val_ids = {image["id"] for image in json.loads(val_ann.read_text())["images"]}
+    assert all(r["image_id"] in val_ids for r in json.loads(results_out.read_text()))
+
+    images = sorted((val_ann.parent / "images").glob("*.png"))[:2]
+    out = tmp_path / "pred"
+    assert main(["predict", "demo_synthetic", str(checkpoint), *map(str, images), "--out", str(out),
+                 "--score-thresh", "0.0", "--set", *TINY, *data]) == 0
+    pngs = sorted(out.glob("*.png"))
+    assert [p.name for p in pngs] == [p.name for p in images]
+    for png, original in zip(pngs, images):
+        assert Image.open(png).size == Image.open(original).size
+    results = json.loads((out / "results.json").read_text())
+    assert results and {"image_id", "category_id", "bbox", "score"} <= set(results[0])
+    assert {r["image_id"] for r in results} <= {1, 2}
+
+
+def test_resume_auto_continues_and_unknown_key_fails(tmp_path, tiny_data, capsys):
+    data, _ = tiny_data
+    run_dir = tmp_path / "run"
+    args = ["train", "demo_synthetic", "--out", str(run_dir), "--set", *TINY, *data, "data.val_ann=",
+            "solver.max_iters_per_epoch=1"]
+    assert main(args) == 0
+    assert main(args + ["solver.epochs=2", "--resume", "auto"]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    records = [json.loads(line)["iter"] for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert records == [1, 2]
+
+    assert main(["train", "demo_synthetic", "--set", "solver.lrr=0.1"]) == 2
+    assert "unknown config key 'solver.lrr' (did you mean 'solver.lr'?)" in capsys.readouterr().err
+
+
+def test_bad_inputs_give_clear_errors(tmp_path, capsys):
+    assert main(["train", "atss_pfll"]) == 2
+    assert "did you mean atss_pfl" in capsys.readouterr().err.lower()
+    assert main(["eval", "demo_synthetic", str(tmp_path / "missing.pt")]) == 2
+    assert "missing.pt" in capsys.readouterr().err
+
+
+def test_subcommands_are_registered(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    help_text = capsys.readouterr().out
+    for command in ("train", "eval", "predict", "demo", "data", "analyze"):
+        assert command in help_text
