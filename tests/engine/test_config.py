@@ -1,0 +1,93 @@
+"""YAML configs: packaged files, _base_ inheritance, --set overrides with types, helpful key errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from umop.engine.config import (ConfigError, apply_overrides, config_from_dict, list_packaged_configs, load_config,
+                                resolve_config_path)
+
+DETECTORS = ("retinanet", "atss", "fcos", "vfnet")
+
+
+@pytest.mark.parametrize("detector", DETECTORS)
+@pytest.mark.parametrize("loss", ["focal", "pfl", "pfl_mean"])
+def test_packaged_configs_follow_the_1x_recipe(detector, loss):
+    config = load_config(f"{detector}_{loss}")
+    assert (config.model.name, config.model.cls_loss) == (detector, loss)
+    assert config.solver.epochs == 12 and config.solver.steps == [8, 11]
+    assert config.solver.warmup_iters == 500 and config.solver.momentum == 0.9
+    assert config.solver.weight_decay == pytest.approx(1e-4)
+    assert config.batch_size == 16 and config.learning_rate == pytest.approx(0.01)
+    assert (config.data.min_size, config.data.max_size) == (800, 1333)
+    assert config.name == f"{detector}_{loss}" and config.output_dir == f"runs/{detector}_{loss}"
+    if loss != "focal":
+        assert config.model.options["delta"] == 0.5
+
+
+def test_paths_and_bare_names_resolve_to_the_same_file():
+    assert resolve_config_path("configs/atss_pfl.yaml") == resolve_config_path("atss_pfl")
+    assert resolve_config_path("atss_pfl.yaml") == resolve_config_path("atss_pfl")
+    assert "demo_synthetic" in list_packaged_configs()
+    with pytest.raises(ConfigError, match="Did you mean atss_pfl"):
+        resolve_config_path("atss_pflx")
+
+
+def test_overrides_are_typed_and_scale_the_learning_rate():
+    config = load_config("atss_pfl", ["batch_size=4", "data.min_size=[640, 800]", "solver.amp=false",
+                                      "model.options.delta=0.25", "solver.steps=[16, 22]", "solver.grad_clip=35"])
+    assert config.batch_size == 4 and config.learning_rate == pytest.approx(0.0025)  # 0.01 * 4 / 16
+    assert config.data.min_size == [640, 800] and config.solver.amp is False
+    assert config.model.options == {"gamma": 2.0, "delta": 0.25, "estimator": "official"}
+    assert config.solver.steps == [16, 22] and config.solver.grad_clip == 35.0
+    assert load_config("atss_pfl", ["solver.lr=0.02"]).learning_rate == 0.02
+
+
+@pytest.mark.parametrize("override, nearest", [
+    ("solver.lrr=0.1", "solver.lr"),
+    ("sovler.lr=0.1", "solver.lr"),
+    ("solver.warmup=100", "solver.warmup_iters"),
+    ("batchsize=8", "batch_size"),
+    ("data.train_annotations=x.json", "data.train_ann"),
+])
+def test_mistyped_keys_name_the_nearest_valid_key(override, nearest):
+    with pytest.raises(ConfigError) as error:
+        load_config("atss_pfl", [override])
+    assert f"'{override.split('=')[0]}'" in str(error.value)
+    assert f"did you mean '{nearest}'" in str(error.value)
+
+
+@pytest.mark.parametrize("override, key", [("solver.lr=fast", "solver.lr"), ("batch_size=2.5", "batch_size"),
+                                           ("solver.amp=maybe", "solver.amp"), ("data.min_size=[1, 2, 3]",
+                                                                                  "data.min_size"),
+                                           ("solver.optimizer=adam", "solver.optimizer")])
+def test_mistyped_values_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config("atss_pfl", [override])
+
+
+def test_file_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("_base_: atss_pfl.yaml\nsolver: {epochz: 3}\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*'solver\.epochz'.*'solver\.epochs'"):
+        load_config(bad)
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("_base_: loop.yaml\n")
+    with pytest.raises(ConfigError, match="circular"):
+        load_config(loop)
+
+
+def test_inheritance_merges_sections(tmp_path):
+    child = tmp_path / "child.yaml"
+    child.write_text("_base_: retinanet_pfl\nsolver: {epochs: 24, steps: [16, 22]}\nmodel: {options: {w: 0.5}}\n")
+    config = load_config(child)
+    assert config.model.cls_loss == "pfl" and config.model.name == "retinanet"
+    assert config.solver.epochs == 24 and config.solver.warmup_iters == 500  # untouched keys inherited
+    assert config.model.options == {"gamma": 2.0, "delta": 0.5, "estimator": "official", "w": 0.5}
+    assert config.name == "child"
+
+
+def test_override_syntax_errors():
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        apply_overrides({}, ["solver.lr"])
+    assert config_from_dict(apply_overrides({}, ["name=my run"])).name == "my run"
