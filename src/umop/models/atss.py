@@ -54,8 +54,15 @@ class Scale(nn.Module):
 
 
 def group_norm(channels: int, num_groups: int = 32) -> nn.GroupNorm:
-    """GroupNorm with 32 groups (FCOS / ATSS heads), fewer when ``channels`` is not a multiple of 32."""
-    return nn.GroupNorm(math.gcd(num_groups, channels), channels)
+    """GroupNorm with 32 groups (FCOS / ATSS heads: 8 channels per group at 256 channels).
+
+    Narrow heads (tests, small models) get fewer groups so that every group keeps at least 2 channels
+    (a 1x1 P7 map of a single image would otherwise normalise single values).
+    """
+    groups = math.gcd(num_groups, channels)
+    while groups > 1 and channels // groups < 2:
+        groups //= 2
+    return nn.GroupNorm(groups, channels)
 
 
 def conv_tower(in_channels: int, channels: int, num_convs: int, norm_layer: Optional[NormLayer]) -> nn.Sequential:
