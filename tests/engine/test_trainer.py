@@ -165,3 +165,11 @@ def test_wrong_num_classes_is_reported(tmp_path):
 def test_bad_resume_path_is_named(tmp_path):
     with pytest.raises(ValueError, match="missing.pt"):
         make_trainer(toy_config(tmp_path), resume=tmp_path / "missing.pt")
+
+
+def test_time_budget_stops_checkpoints_and_evaluates(tmp_path):
+    trainer = make_trainer(toy_config(tmp_path, epochs=3, max_train_seconds=1e-6))
+    summary = trainer.train()
+    assert summary["stopped_early"] and summary["iterations"] == 1 and summary["epochs"] == 1
+    assert summary["eval"] is not None  # the partial model is still evaluated
+    assert load_checkpoint(trainer.run_dir / "checkpoints" / "last.pt")["iteration"] == 1

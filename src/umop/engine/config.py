@@ -110,6 +110,7 @@ class SolverConfig:
     amp: bool = True  # mixed precision, used on CUDA only
     max_iters_per_epoch: int = 0  # 0 = the whole dataset; >0 caps an epoch (quick runs, tests)
     max_nonfinite: int = 20  # consecutive non-finite losses tolerated before stopping
+    max_train_seconds: float = 0.0  # >0: stop (checkpoint + evaluate) once training has run this long
 
 
 @dataclass

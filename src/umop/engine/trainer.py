@@ -123,6 +123,8 @@ class Trainer:
         self.nonfinite_consecutive = 0
         self.loss_history: list[float] = []  # total loss of every iteration run by this Trainer
         self.last_metrics: dict[str, Any] | None = None
+        self.stopped_early = False  # the solver.max_train_seconds budget ran out
+        self._deadline = float("inf")
         self.logger: RunLogger | None = None
 
         resume_path = self._resume_path(resume)
@@ -201,16 +203,23 @@ class Trainer:
             truncate_log(self.run_dir / "log.jsonl", self.iteration)
             self.logger = RunLogger(self.run_dir, tensorboard=self.config.log.tensorboard)
         start = time.perf_counter()
+        if self.config.solver.max_train_seconds > 0:
+            self._deadline = start + self.config.solver.max_train_seconds
         try:
             for epoch in range(self.epoch, self.config.solver.epochs):
                 self.train_one_epoch(epoch)
                 self.epoch = epoch + 1
-                last = self.epoch == self.config.solver.epochs
+                last = self.epoch == self.config.solver.epochs or self.stopped_early
                 every = self.config.eval.every
                 if self.val_loader is not None and (last or (every > 0 and self.epoch % every == 0)):
                     self.last_metrics = self.evaluate()
                 self.save()
                 barrier()
+                if self.stopped_early:
+                    if self.is_main:
+                        print(f"time budget solver.max_train_seconds={self.config.solver.max_train_seconds:g} "
+                              f"reached: stopped after iteration {self.iteration} (epoch {self.epoch}, partial)")
+                    break
         finally:
             if self.logger is not None:
                 self.logger.close()
@@ -219,6 +228,7 @@ class Trainer:
             "epochs": self.epoch,
             "iterations": self.iteration,
             "nonfinite_skipped": self.nonfinite_total,
+            "stopped_early": self.stopped_early,
             "train_seconds": round(time.perf_counter() - start, 1),
             "eval": self.last_metrics,
         }
@@ -254,7 +264,17 @@ class Trainer:
             progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
                                  eta=time.strftime("%H:%M:%S", time.gmtime(eta)), refresh=False)
             progress.update()
+            if self._out_of_time():
+                self.stopped_early = True
+                break
         progress.close()
+
+    def _out_of_time(self) -> bool:
+        """True once the ``solver.max_train_seconds`` budget is spent (agreed by all ranks)."""
+        if self._deadline == float("inf"):
+            return False
+        late = torch.tensor([float(time.perf_counter() > self._deadline)], device=self.device)
+        return bool(all_reduce_sum(late).item() > 0)
 
     def train_step(self, images: list[torch.Tensor], targets: list[dict[str, Any]]) -> dict[str, Any]:
         """Forward, backward and (unless the loss is not finite) an optimiser step; returns the log record."""
