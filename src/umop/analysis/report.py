@@ -29,8 +29,8 @@ CAPTIONS: dict[str, str] = {
         "anchors), which foreground-foreground class imbalance methods target."),
     "scale_imbalance.png": (
         "Scale imbalance (survey Fig. 7). Distributions of box width, height (relative to the image) and area "
-        "(relative to the image area, log axis; dashed lines: COCO's small/medium/large limits for a 640x480 "
-        "image). Look for: a mass of small objects, which few pyramid levels serve."),
+        "(relative to the image area, log axis; red lines: COCO's small/medium/large limits of 32² and 96² px for the "
+        "median image size). Look for: a mass of small objects, which few pyramid levels serve."),
     "iou_distribution.png": (
         "IoU distribution of positive anchors (survey Fig. 12). For each detector, the fraction of positive "
         "anchors per IoU bin with their matched box. Look for: most positives close to the IoU threshold and "
