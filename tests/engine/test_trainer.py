@@ -173,3 +173,14 @@ def test_time_budget_stops_checkpoints_and_evaluates(tmp_path):
     assert summary["stopped_early"] and summary["iterations"] == 1 and summary["epochs"] == 1
     assert summary["eval"] is not None  # the partial model is still evaluated
     assert load_checkpoint(trainer.run_dir / "checkpoints" / "last.pt")["iteration"] == 1
+
+
+def test_objective_gradient_norms_are_logged_when_enabled(tmp_path):
+    config = toy_config(tmp_path, epochs=1)
+    config.log.objective_every = 2
+    trainer = make_trainer(config)
+    trainer.train()
+    records = read_log(trainer.run_dir)
+    with_norms = [r["iter"] for r in records if "objective/grad_norm/loss_cls" in r]
+    assert with_norms == [2, 4]
+    assert all(r["objective/grad_norm/loss_box"] > 0 for r in records if r["iter"] in with_norms)
