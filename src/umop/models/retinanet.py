@@ -108,6 +108,11 @@ class RetinaNet(OneStageDetector):
         box_loss: ``"l1"`` on deltas (mmdetection 1x), ``"smooth_l1"`` (``smooth_l1_beta``) or ``"giou"``
             on decoded boxes.
         box_loss_weight: multiplier of the box loss.
+        smooth_l1_beta: beta of the smooth-L1 box loss.
+        head_norm_layer: normalisation in the head towers (None as in the paper; ``partial(nn.GroupNorm, 32)``
+            as torchvision's v2).
+        prior_probability: initial foreground probability of the classifier (0.01).
+        head_num_convs: convs per head tower (4 in the paper).
         **kwargs: :class:`OneStageDetector` options (``cls_loss``, PFL options, inference settings).
 
     Losses are sums over the batch divided by the batch's number of positive anchors (clamped >= 1), as in
@@ -127,6 +132,7 @@ class RetinaNet(OneStageDetector):
         smooth_l1_beta: float = 1.0 / 9,
         head_norm_layer: Optional[Callable[..., nn.Module]] = None,
         prior_probability: float = 0.01,
+        head_num_convs: int = 4,
         **kwargs: Any,
     ) -> None:
         if box_loss not in BOX_LOSSES:
@@ -134,7 +140,8 @@ class RetinaNet(OneStageDetector):
         anchor_generator = anchor_generator or retinanet_anchor_generator(getattr(backbone, "strides", (8, 16, 32, 64, 128)))
         if head is None:
             head = RetinaNetHead(backbone.out_channels, anchor_generator.num_priors_per_location, num_classes,
-                                 prior_probability=prior_probability, norm_layer=head_norm_layer)
+                                 prior_probability=prior_probability, num_convs=head_num_convs,
+                                 norm_layer=head_norm_layer)
         super().__init__(backbone, head, anchor_generator, num_classes, **kwargs)
         self.assigner = assigner or MaxIoUAssigner(num_classes, 0.5, 0.4, low_quality_matches=True)
         self.box_coder = DeltaXYWHBoxCoder((1.0, 1.0, 1.0, 1.0))
