@@ -84,7 +84,9 @@ def plot_lines(axis, x: Sequence[float], series: Mapping[str, Sequence[float]], 
     axis.set_title(title, fontsize=11)
     axis.set_xlabel(xlabel)
     axis.set_ylabel(ylabel)
-    if log_y:
+    values = np.concatenate([np.asarray(v, dtype=np.float64) for v in series.values()]) if series else np.zeros(0)
+    values = values[np.isfinite(values) & (values > 0)]
+    if log_y and values.size and values.max() / values.min() > 20:  # log only when it spans > ~1.3 decades
         axis.set_yscale("log")
         plain = FuncFormatter(lambda value, _position: f"{value:g}")
         axis.yaxis.set_major_formatter(plain)

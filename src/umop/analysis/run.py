@@ -146,7 +146,8 @@ def plot_objective_imbalance(log: RunLog, path: str | Path) -> Path | None:
                      log.scalars[cls_key] / np.where(log.scalars[key] > 0, log.scalars[key], np.nan)
                      for key in regression}
             panels.append(("Gradient-norm ratio classification / regression", "ratio", ratio))
-    figure, axes = plots.new_figure(len(panels), columns=len(panels), panel_size=(5.0, 3.8))
+    width = 5.0 if len(panels) > 1 else 7.5  # room for the figure title over a single panel
+    figure, axes = plots.new_figure(len(panels), columns=len(panels), panel_size=(width, 3.8))
     for axis, (title, ylabel, series) in zip(axes, panels):
         plots.plot_lines(axis, log.iterations, series, title=title, ylabel=ylabel,
                          log_y=all(_positive(v) for v in series.values()))
