@@ -56,8 +56,8 @@ def test_train_eval_predict_end_to_end(tmp_path, tiny_data, capsys):
                  "--score-thresh", "0.0", "--set", *TINY, *data]) == 0
     pngs = sorted(out.glob("*.png"))
     assert [p.name for p in pngs] == [p.name for p in images]
-    for png, original in zip(pngs, images):
-        assert Image.open(png).size == Image.open(original).size
+    for png, original in zip(pngs, images):  # 64 px inputs are drawn 6x enlarged (shorter side >= 384)
+        assert Image.open(png).size == tuple(6 * side for side in Image.open(original).size)
     results = json.loads((out / "results.json").read_text())
     assert results and {"image_id", "category_id", "bbox", "score"} <= set(results[0])
     assert {r["image_id"] for r in results} <= {1, 2}

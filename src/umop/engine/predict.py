@@ -59,20 +59,22 @@ def draw_detections(image: torch.Tensor, detection: dict[str, torch.Tensor], cla
     captions = [f"{class_names[label]} {score:.2f}" for label, score in zip(labels, scores)]
     colors = [PALETTE[label % len(PALETTE)] for label in labels]
     width = max(1, round(min(image.shape[-2:]) / 200))
-    return draw_bounding_boxes(image, boxes, labels=captions, colors=colors, width=width)
+    return draw_bounding_boxes(image, boxes, labels=captions, colors=colors, width=width, label_colors="white",
+                               label_background_colors=colors, fill_labels=True)
 
 
 @torch.no_grad()
 def predict_images(model: nn.Module, image_paths: Sequence[str | Path], out_dir: str | Path, *,
                    class_names: Sequence[str], label_to_category_id: Sequence[int] | None = None,
                    min_size: int = 800, max_size: int = 1333, score_thresh: float = 0.3,
-                   device: torch.device | str = "cpu") -> dict[str, Any]:
+                   device: torch.device | str = "cpu", min_display_size: int = 384) -> dict[str, Any]:
     """Detect objects in image files; write one PNG per image with the boxes drawn, and a results json.
 
     Images are resized like the evaluation data (shorter side ``min_size``, longer ``<= max_size``); boxes
     are mapped back to the original pixels. ``OUT_DIR/results.json`` is a COCO results list (image ids are
     1..N in the given order; ``OUT_DIR/images.json`` maps them to the files). Detections below
-    ``score_thresh`` are neither drawn nor written.
+    ``score_thresh`` are neither drawn nor written. Pictures whose shorter side is below ``min_display_size``
+    are enlarged by an integer factor (:func:`display_scale`) so that captions stay readable.
 
     Returns ``{"results": path, "images": [png paths], "num_detections": int}``.
     """
@@ -111,7 +113,12 @@ def predict_images(model: nn.Module, image_paths: Sequence[str | Path], out_dir:
         while name in used_names:  # two inputs with the same stem from different folders
             name += "_"
         used_names.add(name)
-        drawn = draw_detections(original, detection, class_names, score_thresh)
+        scale = display_scale(height, width, min_display_size)
+        canvas = original
+        if scale > 1:  # small images are enlarged (nearest neighbour) so the captions stay readable
+            canvas = original.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
+        shown = {**detection, "boxes": detection["boxes"] * scale}
+        drawn = draw_detections(canvas, shown, class_names, score_thresh)
         png = out_dir / f"{name}.png"
         Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(png)
         pngs.append(png)
@@ -123,6 +130,11 @@ def predict_images(model: nn.Module, image_paths: Sequence[str | Path], out_dir:
                   zip(class_names, label_to_category_id or range(1, len(class_names) + 1))]
     (out_dir / "images.json").write_text(json.dumps({"images": image_records, "categories": categories}, indent=1))
     return {"results": results_path, "images": pngs, "num_detections": len(results)}
+
+
+def display_scale(height: int, width: int, min_display_size: int = 384) -> int:
+    """Integer enlargement of a picture so that its shorter side reaches ``min_display_size`` (at least 1)."""
+    return max(1, -(-min_display_size // max(1, min(height, width))))
 
 
 def eval_sizes(config: Config) -> tuple[int, int]:
