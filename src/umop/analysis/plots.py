@@ -70,7 +70,7 @@ def plot_level_imbalance(ratios: Mapping[str, Mapping[int, np.ndarray]], path: s
         axis.grid(axis="y", alpha=0.3)
     handles = [Patch(facecolor="#c6dbef", edgecolor="#2b5d8a", label="per-image ratio (box: quartiles)"),
                Line2D([], [], linestyle=":", color="#d62728", marker="o", label="mean over images")]
-    axes[0].legend(handles=handles, loc="upper left", fontsize=8, framealpha=0.9)
+    figure.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=9, frameon=False)
     figure.suptitle(title or "Positive anchors/points per level: num_positive / num_total (UMOP Fig. 2)",
                     fontsize=12)
     return save(figure, path)
