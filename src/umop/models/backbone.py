@@ -212,6 +212,7 @@ def build_backbone(
     frozen_stages: int = 1,
     extra_source: str = "p5",
     channels_last: bool = False,
+    norm: str = "frozen_bn",
 ) -> FPNBackbone:
     """Build ``name`` (see :data:`TORCHVISION_BACKBONES`, :data:`TIMM_BACKBONES` or ``"timm:<model>"``)
     with an FPN P3-P7 of ``out_channels`` channels.
@@ -219,9 +220,15 @@ def build_backbone(
     ``pretrained=True`` loads torchvision's ImageNet weights (needs the internet once, then torch's hub
     cache); ``weights_path`` loads a local torchvision state_dict instead. Raises
     :class:`WeightsUnavailableError` with instructions when the download fails.
+    ``norm``: ``"frozen_bn"`` (the standard recipe with ImageNet weights) or ``"bn"`` (trainable batch norm,
+    for training a torchvision backbone from scratch).
     """
+    norms = {"frozen_bn": FrozenBatchNorm2d, "bn": nn.BatchNorm2d}
+    if norm not in norms:
+        raise ValueError(f"norm must be one of {sorted(norms)}, got {norm!r}")
     if name in TORCHVISION_BACKBONES:
-        resnet = build_resnet(name, pretrained=pretrained, weights_path=weights_path, frozen_stages=frozen_stages)
+        resnet = build_resnet(name, pretrained=pretrained, weights_path=weights_path, frozen_stages=frozen_stages,
+                              norm_layer=norms[norm])
         body = IntermediateLayerGetter(resnet, return_layers={"layer2": "0", "layer3": "1", "layer4": "2"})
         c5 = resnet.inplanes  # 512 (basic block) or 2048 (bottleneck)
         in_channels = [c5 // 4, c5 // 2, c5]

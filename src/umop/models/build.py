@@ -34,6 +34,7 @@ def build_detector(
     frozen_stages: int = 1,
     extra_source: str = "p5",
     channels_last: bool = False,
+    backbone_norm: str = "frozen_bn",
     **options: Any,
 ) -> nn.Module:
     """Build a one-stage detector.
@@ -46,7 +47,8 @@ def build_detector(
         pretrained_backbone: load torchvision's ImageNet weights (needs the internet or torch's hub cache).
         cls_loss: ``"focal"``, ``"pfl"``, ``"pfl_mean"`` (VFNet also ``"varifocal"``).
         backbone_weights: local torchvision state_dict file for the backbone (instead of downloading).
-        fpn_channels, frozen_stages, extra_source, channels_last: see :func:`build_backbone`.
+        fpn_channels, frozen_stages, extra_source, channels_last, backbone_norm: see :func:`build_backbone`
+            (``out_channels``, ..., ``norm``).
         **options: detector options (PFL ``gamma``/``delta``/``w``/``estimator``, ``box_loss``, inference
             thresholds, ...).
     """
@@ -56,6 +58,7 @@ def build_detector(
         backbone = build_backbone(
             backbone, pretrained=pretrained_backbone, weights_path=backbone_weights, out_channels=fpn_channels,
             frozen_stages=frozen_stages, extra_source=extra_source, channels_last=channels_last,
+            norm=backbone_norm,
         )
     elif not isinstance(backbone, nn.Module):
         raise ValueError(f"backbone must be a name or an nn.Module, got {type(backbone).__name__}")
