@@ -63,3 +63,25 @@ def test_norms_match_analytic_gradients_and_leave_no_side_effects():
 def test_model_without_backbone_is_a_clear_error():
     with pytest.raises(ValueError, match="backbone"):
         loss_gradient_norms(nn.Linear(2, 2), [torch.rand(3, 4, 4)], [{}])
+
+
+def test_real_detector_gradient_norms():
+    """On a real umop detector (ATSS with PFL, as the engine trains it): one norm per loss term, finite, classification > 0, no .grad written,
+    mode restored, and a second call gives the same numbers (no hidden state changed by the first)."""
+    from umop.models import build_detector
+
+    torch.manual_seed(0)
+    model = build_detector("atss", num_classes=3, backbone="resnet18", cls_loss="pfl").eval()
+    images = [torch.rand(3, 96, 128), torch.rand(3, 96, 128)]
+    targets = [{"boxes": torch.tensor([[10.0, 12.0, 60.0, 70.0]]), "labels": torch.tensor([1])},
+               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}]
+    first = loss_gradient_norms(model, images, targets)
+    second = loss_gradient_norms(model, images, targets)
+    assert not model.training
+    model.train()
+    loss_keys = {key for key in model(images, targets) if key.startswith("loss_")}
+    assert set(first) == loss_keys and {"loss_cls", "loss_box"} <= loss_keys
+    assert all(math.isfinite(value) and value >= 0 for value in first.values())
+    assert first["loss_cls"] > 0 and first["loss_box"] > 0
+    assert first == pytest.approx(second, rel=1e-5)
+    assert all(p.grad is None for p in model.parameters())

@@ -184,6 +184,7 @@ def iou_distribution(anchors: dict[str, AnchorSummary], out_dir: Path) -> list[P
     axis.set_xlabel("IoU of a positive anchor with its matched box")
     axis.set_ylabel("fraction of positives")
     axis.set_xlim(0, 1)
+    axis.set_ylim(0, axis.get_ylim()[1] * 1.25)  # head-room for the legend
     axis.set_title("IoU distribution of positive anchors (survey Fig. 12)", fontsize=11)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8, loc="upper left")
