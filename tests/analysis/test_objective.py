@@ -60,6 +60,23 @@ def test_norms_match_analytic_gradients_and_leave_no_side_effects():
     assert float(model.backbone.calls) == 0.0, "buffers must be restored"
 
 
+def test_wrapped_model_is_unwrapped_like_ddp():
+    """A DDP-style wrapper (``.module``) is measured on the wrapped detector, with the same numbers."""
+
+    class Wrapper(nn.Module):
+        def __init__(self, module: nn.Module) -> None:
+            super().__init__()
+            self.module = module
+
+        def forward(self, *args):
+            raise AssertionError("the wrapper's forward must not be used")
+
+    torch.manual_seed(0)
+    model = _TinyDetector()
+    images = [torch.rand(3, 4, 4)]
+    assert loss_gradient_norms(Wrapper(model), images, [{}]) == loss_gradient_norms(model, images, [{}])
+
+
 def test_model_without_backbone_is_a_clear_error():
     with pytest.raises(ValueError, match="backbone"):
         loss_gradient_norms(nn.Linear(2, 2), [torch.rand(3, 4, 4)], [{}])

@@ -51,7 +51,7 @@ def loss_gradient_norms(model: nn.Module, images: list[torch.Tensor],
     """L2 norm of the gradient of every loss term with respect to the shared FPN features (survey Fig. 14).
 
     Args:
-        model: a ``umop`` one-stage detector (anything with a ``backbone`` sub-module whose output is the
+        model: a ``umop`` one-stage detector, possibly wrapped in ``DistributedDataParallel`` (anything with a ``backbone`` sub-module whose output is the
             list of FPN feature maps P3..P7, each ``(B, C, H_l, W_l)``, and whose train-mode call returns a
             dict of scalar losses).
         images: list of float tensors ``[3, H, W]`` in 0..1, as for ``model(images, targets)``.
@@ -65,6 +65,11 @@ def loss_gradient_norms(model: nn.Module, images: list[torch.Tensor],
     Side effects: none on parameters' ``.grad`` (``torch.autograd.grad`` is used, not ``backward``), no
     optimizer step; the model's train/eval mode and all its buffers are restored afterwards.
     """
+    if not isinstance(getattr(model, "backbone", None), nn.Module) and isinstance(getattr(model, "module", None),
+                                                                                    nn.Module):
+        # DistributedDataParallel / DataParallel wrapper: measure on the wrapped detector, so that no DDP
+        # gradient reduction is prepared for a backward pass that never comes.
+        model = model.module
     backbone = getattr(model, "backbone", None)
     if not isinstance(backbone, nn.Module):
         raise ValueError("model: loss_gradient_norms needs a model with a `backbone` sub-module "
