@@ -2,11 +2,15 @@
 ATSS / FCOS / VFNet with cls_loss="pfl" overfit two real BCCD images (AP50 >= 0.9).
 """
 import time
+from collections import OrderedDict
 
 import pytest
 import torch
+from torch import nn
 
+from umop.evaluation import evaluate_detections
 from umop.models import build_detector
+from umop.models.backbone import FPNBackbone
 
 MATRIX = [(name, loss) for name in ("retinanet", "atss", "fcos", "vfnet") for loss in ("focal", "pfl", "pfl_mean")]
 MATRIX += [("vfnet", "varifocal")]
@@ -26,6 +30,37 @@ def tiny_batch():
 def build(name, cls_loss, **options):
     torch.manual_seed(0)
     return build_detector(name, 3, backbone="resnet18", fpn_channels=32, cls_loss=cls_loss, **options)
+
+
+class TinyBody(nn.Module):
+    """A small from-scratch CNN (conv-BN-ReLU, trainable BN) returning C3, C4, C5 (strides 8, 16, 32).
+
+    Used where only the detector heads, assignment and losses are under test: it trains from random weights
+    about 3x faster per step than a ResNet-18 with frozen BN and converges far faster from scratch.
+    """
+
+    def __init__(self, width: int = 16) -> None:
+        super().__init__()
+
+        def block(cin: int, cout: int, stride: int) -> list[nn.Module]:
+            return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+        w = width
+        self.c3 = nn.Sequential(*block(3, w, 2), *block(w, w, 1), *block(w, 2 * w, 2), *block(2 * w, 2 * w, 1),
+                                *block(2 * w, 4 * w, 2), *block(4 * w, 4 * w, 1))
+        self.c4 = nn.Sequential(*block(4 * w, 8 * w, 2), *block(8 * w, 8 * w, 1))
+        self.c5 = nn.Sequential(*block(8 * w, 8 * w, 2), *block(8 * w, 8 * w, 1))
+        self.channels = [4 * w, 8 * w, 8 * w]
+
+    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+        c3 = self.c3(x)
+        c4 = self.c4(c3)
+        return OrderedDict([("0", c3), ("1", c4), ("2", self.c5(c4))])
+
+
+def tiny_backbone(fpn_channels: int = 64) -> FPNBackbone:
+    body = TinyBody()
+    return FPNBackbone(body, body.channels, fpn_channels)
 
 
 @pytest.mark.parametrize("name, cls_loss", MATRIX)
@@ -79,7 +114,8 @@ def test_pfl_variants_relate_as_documented(name):
     images, targets = tiny_batch()
     values = {}
     for cls_loss in ("focal", "pfl", "pfl_mean"):
-        model = build(name, cls_loss)
+        torch.manual_seed(0)
+        model = build_detector(name, 3, backbone=tiny_backbone(32), cls_loss=cls_loss)
         model.train()
         with torch.no_grad():
             values[cls_loss] = model(images, targets)
@@ -87,3 +123,41 @@ def test_pfl_variants_relate_as_documented(name):
     torch.testing.assert_close(values["pfl"]["loss_box"], values["focal"]["loss_box"])
     assert (values["pfl"]["stats"]["gamma_ad"] != 2.0).any()
     assert not torch.allclose(values["pfl"]["loss_cls"], values["focal"]["loss_cls"])
+
+
+def overfit(name: str, samples, iterations: int = 150, lr: float = 3e-3) -> tuple[float, float, int]:
+    """Train ``name`` with cls_loss="pfl" on ``samples`` (AdamW, full batch) and evaluate on the same images
+    every 25 steps from step 50; stop once AP50 >= 0.9. Returns (best AP50, seconds, steps)."""
+    torch.manual_seed(0)
+    model = build_detector(name, 3, backbone=tiny_backbone(64), cls_loss="pfl")
+    images = [image for image, _ in samples]
+    targets = [target for _, target in samples]
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    start, best = time.perf_counter(), 0.0
+    for step in range(1, iterations + 1):
+        model.train()
+        losses = model(images, targets)
+        optimizer.zero_grad()
+        sum(v for k, v in losses.items() if k.startswith("loss_")).backward()
+        torch.nn.utils.clip_grad_norm_(params, 10.0)
+        optimizer.step()
+        if step >= 50 and step % 25 == 0:
+            model.eval()
+            with torch.no_grad():
+                detections = model(images)
+            best = max(best, evaluate_detections(detections, targets, 3)["AP50"])
+            if best >= 0.9:
+                break
+    return best, time.perf_counter() - start, step
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["atss", "fcos", "vfnet"])
+def test_overfits_two_bccd_images_with_pfl(name, bccd_samples):
+    # val[:2]: 36 boxes of red and white cells at 320 px. (train[:2] also holds one 17-px platelet whose box a
+    # from-scratch model does not regress within this budget; see the report in docs.)
+    samples = bccd_samples(n=2, split="val", max_size=320)
+    ap50, seconds, steps = overfit(name, samples)
+    print(f"{name} pfl overfit: AP50 {ap50:.3f} after {steps} steps, {seconds:.1f} s")
+    assert ap50 >= 0.9, f"{name}: AP50 {ap50:.3f} after {steps} steps"
