@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
 from umop.analysis.coco import load_coco
@@ -112,8 +114,6 @@ def test_dataset_without_boxes_gives_zeros_not_a_crash(write_coco, fake_assigner
 
 def test_loader_skips_degenerate_and_crowd_boxes(tmp_path, write_coco):
     ann_file, image_dir = write_coco([(1, 100, 100, [(0, 0, 10, 10, 1), (5, 5, 0, 4, 2), (1, 1, 5, 5, 2)])])
-    import json
-
     data = json.loads(ann_file.read_text())
     data["annotations"][2]["iscrowd"] = 1
     ann_file.write_text(json.dumps(data))
@@ -121,3 +121,19 @@ def test_loader_skips_degenerate_and_crowd_boxes(tmp_path, write_coco):
         index = load_coco(ann_file, image_dir)
     np.testing.assert_array_equal(index.images[0].boxes, [[0, 0, 10, 10]])
     np.testing.assert_array_equal(index.images[0].labels, [0])
+
+
+def test_sizes_missing_from_the_json_are_read_from_the_image_header(tmp_path, write_coco):
+    ann_file, image_dir = write_coco([(1, 0, 0, [(1, 1, 5, 5, 1)]), (2, 30, 20, [])])
+    data = json.loads(ann_file.read_text())
+    del data["images"][0]["width"], data["images"][0]["height"]
+    ann_file.write_text(json.dumps(data))
+    Image.new("RGB", (48, 36)).save(image_dir / "1.jpg", format="PNG")
+    (image_dir / "2.jpg").unlink()
+    with pytest.warns(UserWarning, match="1 of 2 images .* are not in"):
+        index = load_coco(ann_file, image_dir)
+    assert [(record.width, record.height) for record in index.images] == [(48, 36), (30, 20)]
+    assert index.missing_files == ["2.jpg"]
+    (image_dir / "1.jpg").unlink()
+    with pytest.raises(ValueError, match="image id 1 has no width/height and its file .*1.jpg does not exist"):
+        load_coco(ann_file, image_dir)
