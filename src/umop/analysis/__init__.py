@@ -1,7 +1,40 @@
 """Imbalance analyses: level statistics (UMOP Fig. 2/3), survey dataset analyses, HTML report.
 
-Heavy modules (matplotlib) are imported lazily by the sub-modules that need them.
+Public API (the plotting ones are imported lazily, so that ``loss_gradient_norms`` does not load matplotlib)::
+
+    loss_gradient_norms(model, images, targets) -> {"loss_cls": float, ...}     # survey Fig. 14
+    load_coco(ann_file, image_dir) -> CocoIndex
+    level_statistics(index, detectors, min_size=800, max_size=1333) -> list[LevelRow]   # UMOP Fig. 2
+    write_level_csv(rows, path), read_level_csv(path), mean_positive_ratios(rows)
+    plot_level_imbalance(positive_ratios(rows), path)
+    analyze_dataset(index, out_dir, detectors=("atss",)) -> list[Path]        # survey Fig. 5, 7, 12, 13
+    analyze_run(run_dir, out_dir=None) -> list[Path]                          # UMOP Fig. 3, survey Fig. 14
+    write_report(out_html, levels_dir=..., dataset_dir=..., run_dir=...) -> Path
 """
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from umop.analysis.objective import loss_gradient_norms
 
-__all__ = ["loss_gradient_norms"]
+_LAZY = {
+    "load_coco": "umop.analysis.coco",
+    "level_statistics": "umop.analysis.levels",
+    "write_level_csv": "umop.analysis.levels",
+    "read_level_csv": "umop.analysis.levels",
+    "mean_positive_ratios": "umop.analysis.levels",
+    "positive_ratios": "umop.analysis.levels",
+    "plot_level_imbalance": "umop.analysis.plots",
+    "analyze_dataset": "umop.analysis.dataset",
+    "analyze_run": "umop.analysis.run",
+    "write_report": "umop.analysis.report",
+}
+
+__all__ = ["loss_gradient_norms", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'umop.analysis' has no attribute {name!r}")
