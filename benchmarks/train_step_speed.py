@@ -71,6 +71,42 @@ def step(model: torch.nn.Module, images, targets, device: torch.device) -> float
     return elapsed
 
 
+def loss_path_times(umop_model, tv, images, targets, device: torch.device, repeats: int) -> dict[str, list[float]]:
+    """Assignment + losses + their backward only, on the same (detached) head outputs: the part of the step
+    where the two implementations differ (backbone and head are the same modules)."""
+    with torch.no_grad():
+        batch, _ = umop_model.preprocess(images)
+        features = umop_model.backbone(batch)
+        head_outputs = umop_model.head(features)
+        priors, counts = umop_model.priors_for_features(features)
+        image_list, tv_targets = tv.transform(images, targets)
+        tv_anchors = tv.anchor_generator(image_list, features)
+
+    def run_umop() -> None:
+        outputs = {k: v.detach().requires_grad_(True) for k, v in head_outputs.items()}
+        gt = umop_model._prepare_targets(targets, len(images), device)
+        losses = umop_model.compute_losses(outputs, priors, umop_model.assign(priors, counts, gt), gt)
+        (losses["loss_cls"] + losses["loss_box"]).backward()
+
+    def run_tv() -> None:
+        outputs = {k: v.detach().requires_grad_(True) for k, v in head_outputs.items()}
+        losses = tv.compute_loss(tv_targets, outputs, tv_anchors)
+        (losses["classification"] + losses["bbox_regression"]).backward()
+
+    times = {"umop": [], "torchvision": []}
+    for repeat in range(repeats + 1):
+        for name, fn in (("umop", run_umop), ("torchvision", run_tv)):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if repeat:  # the first round is a warm-up
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -115,6 +151,11 @@ def main() -> None:
     for name in ("umop", "torchvision"):
         print(f"{name:12s} median {median[name] * 1000:9.1f} ms   all: {[round(t * 1000, 1) for t in times[name]]}")
     print(f"ratio torchvision/umop = {median['torchvision'] / median['umop']:.3f}")
+    loss_times = loss_path_times(umop_model, tv, images, targets, device, repeats=max(5, args.repeats))
+    loss_median = {k: statistics.median(v) for k, v in loss_times.items()}
+    print(f"loss path only (assignment + losses + backward): umop {loss_median['umop'] * 1000:.1f} ms, "
+          f"torchvision {loss_median['torchvision'] * 1000:.1f} ms, "
+          f"ratio torchvision/umop = {loss_median['torchvision'] / loss_median['umop']:.3f}")
 
 
 if __name__ == "__main__":

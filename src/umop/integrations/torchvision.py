@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from ..assigners.common import pad_targets
 from ..losses.progressive import progressive_focal_loss
+from ..models.detector import one_hot_targets
 
 __all__ = ["use_progressive_focal_loss"]
 
@@ -36,7 +37,7 @@ def _gather_targets(targets: list[dict[str, Tensor]], matched_idxs: list[Tensor]
     foreground = matched >= 0
     matched_labels = torch.gather(labels, 1, matched.clamp(min=0))
     matched_labels = torch.where(foreground, matched_labels, torch.full_like(matched_labels, num_classes))
-    one_hot = torch.nn.functional.one_hot(matched_labels, num_classes + 1)[..., :num_classes].to(dtype)
+    one_hot = one_hot_targets(matched_labels, foreground, num_classes, dtype)
     valid = matched != _BETWEEN_THRESHOLDS
     return one_hot, foreground, valid
 

@@ -196,9 +196,11 @@ def _build_timm_body(name: str, pretrained: bool) -> tuple[nn.Module, list[int]]
             f"backbone {name!r} needs the optional package timm: pip install 'umop[timm]' (or pip install timm)"
         ) from error
     model_name = TIMM_BACKBONES.get(name, name.removeprefix("timm:"))
+    # C3, C4, C5 = feature stages 1..3 (strides 8, 16, 32). timm's Swin checks the input size it was built
+    # for unless the installed timm supports ``strict_img_size=False``; it returns NHWC maps (handled above).
     kwargs = {"features_only": True, "out_indices": (1, 2, 3), "pretrained": pretrained}
     if "swin" in model_name:
-        kwargs.update(out_indices=(1, 2, 3), strict_img_size=False, dynamic_img_pad=True)
+        kwargs["strict_img_size"] = False
     model = timm.create_model(model_name, **kwargs)
     return _TimmBody(model), list(model.feature_info.channels())
 

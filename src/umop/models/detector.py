@@ -30,17 +30,24 @@ from __future__ import annotations
 from typing import Any, Mapping, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
 from ..assigners.common import AssignResult, PaddedTargets, pad_targets, validate_targets
 from .backbone import feature_size
 
-__all__ = ["OneStageDetector", "CLS_LOSSES"]
+__all__ = ["OneStageDetector", "CLS_LOSSES", "one_hot_targets"]
 
 CLS_LOSSES = ("focal", "pfl", "pfl_mean")
 _PFL_LEVEL_REDUCTION = {"pfl": "sum", "pfl_mean": "mean"}
+
+
+def one_hot_targets(labels: Tensor, positive: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
+    """``(B, A, C)`` one-hot targets from labels ``(B, A)`` (rows of zeros for background / ignored priors),
+    built with one scatter (no ``(B, A, C + 1)`` int64 intermediate)."""
+    targets = torch.zeros(*labels.shape, num_classes, dtype=dtype, device=labels.device)
+    index = labels.clamp(min=0, max=num_classes - 1).unsqueeze(-1)
+    return targets.scatter_(-1, index, positive.unsqueeze(-1).to(dtype))
 
 
 class OneStageDetector(nn.Module):
@@ -235,7 +242,7 @@ class OneStageDetector(nn.Module):
         counts = assign_result.num_anchors_per_level
         num_classes = cls_logits.shape[-1]
         if targets is None:
-            targets = F.one_hot(labels.clamp(min=0), num_classes + 1)[..., :num_classes].to(cls_logits.dtype)
+            targets = one_hot_targets(labels, assign_result.positive_mask, num_classes, cls_logits.dtype)
         if weight is None:
             weight = (labels >= 0).to(cls_logits.dtype)
         stats = {
