@@ -13,7 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 DPI = 100
 LEVEL_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2")
@@ -81,6 +81,9 @@ def plot_lines(axis, x: Sequence[float], series: Mapping[str, Sequence[float]], 
     """Draw several named series on one axis with a legend."""
     for i, (name, values) in enumerate(series.items()):
         axis.plot(x, values, label=name, color=LEVEL_COLOURS[i % len(LEVEL_COLOURS)], linewidth=1.4)
+    if len(x) > 1:  # the same iteration range on every panel, even where a series starts later
+        axis.set_xlim(float(np.min(x)), float(np.max(x)))
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.set_title(title, fontsize=11)
     axis.set_xlabel(xlabel)
     axis.set_ylabel(ylabel)
