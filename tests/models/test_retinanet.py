@@ -61,27 +61,34 @@ def parity_models():
 
 
 def test_parity_with_torchvision_retinanet(parity_models):
-    """Two images of different sizes (the second is padded): identical features, head outputs, anchors and
-    detections."""
+    """Two images of different sizes (the second is padded): identical input batch, head outputs, anchors and
+    detections. Head outputs are captured by hooks during the detection forward (one forward per model)."""
     tv, model = parity_models
     torch.manual_seed(1)
-    images = [torch.rand(3, 256, 384), torch.rand(3, 200, 330)]
-    with torch.no_grad():
-        image_list, _ = tv.transform(images)
-        batch, image_sizes = model.preprocess(images)
-        assert torch.equal(image_list.tensors, batch)
-        assert image_list.image_sizes == image_sizes
-        tv_features = list(tv.backbone(image_list.tensors).values())
-        features = model.backbone(batch)
-        tv_head = tv.head(tv_features)
-        head = model.head(features)
-        for key in ("cls_logits", "bbox_regression"):
-            assert torch.equal(head[key], tv_head[key]), key
-        tv_anchors = tv.anchor_generator(image_list, tv_features)[0]
-        anchors, _ = model.priors_for_features(features)
-        assert torch.equal(anchors, tv_anchors)
-        expected = tv(images)
-        actual = model(images)
+    images = [torch.rand(3, 256, 256), torch.rand(3, 200, 230)]
+    captured: dict[str, dict] = {}
+    hooks = [
+        tv.head.register_forward_hook(lambda m, i, o: captured.update(tv_head=o)),
+        model.head.register_forward_hook(lambda m, i, o: captured.update(head=o)),
+        tv.backbone.register_forward_hook(lambda m, i, o: captured.update(tv_features=list(o.values()))),
+    ]
+    try:
+        with torch.no_grad():
+            image_list, _ = tv.transform(images)
+            batch, image_sizes = model.preprocess(images)
+            expected = tv(images)
+            actual = model(images)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert torch.equal(image_list.tensors, batch)
+    assert image_list.image_sizes == image_sizes
+    for key in ("cls_logits", "bbox_regression"):
+        assert torch.equal(captured["head"][key], captured["tv_head"][key]), key
+    features = captured["tv_features"]
+    tv_anchors = tv.anchor_generator(image_list, features)[0]
+    anchors, _ = model.priors_for_features(features)
+    assert torch.equal(anchors, tv_anchors)
     total = 0
     for e, a in zip(expected, actual):
         assert len(e["boxes"]) == len(a["boxes"]) > 0
