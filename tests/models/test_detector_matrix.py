@@ -152,12 +152,17 @@ def overfit(name: str, samples, iterations: int = 150, lr: float = 3e-3) -> tupl
     return best, time.perf_counter() - start, step
 
 
+OVERFIT_SETTINGS = {"atss": {"iterations": 150, "lr": 3e-3}, "fcos": {"iterations": 150, "lr": 3e-3},
+                    "vfnet": {"iterations": 200, "lr": 5e-3}}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["atss", "fcos", "vfnet"])
 def test_overfits_two_bccd_images_with_pfl(name, bccd_samples):
-    # val[:2]: 36 boxes of red and white cells at 320 px. (train[:2] also holds one 17-px platelet whose box a
-    # from-scratch model does not regress within this budget; see the report in docs.)
+    # val[:2]: 36 boxes of red and white cells at 320 px. (train[:2] also holds a single 17-px platelet whose
+    # box a from-scratch model does not regress to IoU 0.5 within this budget: AP50 plateaus at 2/3.)
     samples = bccd_samples(n=2, split="val", max_size=320)
-    ap50, seconds, steps = overfit(name, samples)
+    # VFNet's refinement stage (two deformable convs per level) learns more slowly from scratch
+    ap50, seconds, steps = overfit(name, samples, **OVERFIT_SETTINGS[name])
     print(f"{name} pfl overfit: AP50 {ap50:.3f} after {steps} steps, {seconds:.1f} s")
     assert ap50 >= 0.9, f"{name}: AP50 {ap50:.3f} after {steps} steps"
