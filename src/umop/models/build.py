@@ -28,7 +28,7 @@ def build_detector(
     *,
     backbone: str | nn.Module = "resnet50",
     pretrained_backbone: bool = False,
-    cls_loss: str = "focal",
+    cls_loss: Optional[str] = None,
     backbone_weights: Optional[str | Path] = None,
     fpn_channels: int = 256,
     frozen_stages: int = 1,
@@ -45,7 +45,8 @@ def build_detector(
         backbone: a backbone name (``umop.models.backbone.TORCHVISION_BACKBONES`` / ``TIMM_BACKBONES`` /
             ``"timm:<model>"``) or a ready FPN backbone module (list of P3..P7 maps, ``out_channels``).
         pretrained_backbone: load torchvision's ImageNet weights (needs the internet or torch's hub cache).
-        cls_loss: ``"focal"``, ``"pfl"``, ``"pfl_mean"`` (VFNet also ``"varifocal"``).
+        cls_loss: ``"focal"``, ``"pfl"``, ``"pfl_mean"`` (VFNet also ``"varifocal"``); ``None`` keeps the
+            detector's own default (focal loss; varifocal loss for VFNet).
         backbone_weights: local torchvision state_dict file for the backbone (instead of downloading).
         fpn_channels, frozen_stages, extra_source, channels_last, backbone_norm: see :func:`build_backbone`
             (``out_channels``, ..., ``norm``).
@@ -64,4 +65,6 @@ def build_detector(
         raise ValueError(f"backbone must be a name or an nn.Module, got {type(backbone).__name__}")
     module_name, class_name = DETECTORS[name]
     detector_class = getattr(importlib.import_module(module_name), class_name)
-    return detector_class(backbone, num_classes, cls_loss=cls_loss, **options)
+    if cls_loss is not None:
+        options["cls_loss"] = cls_loss
+    return detector_class(backbone, num_classes, **options)
