@@ -46,6 +46,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ._weights import broadcast_weight
+
 __all__ = ["ap_loss", "APLoss", "APLossFunction"]
 
 
@@ -207,14 +209,7 @@ def ap_loss(pred: Tensor, target: Tensor, weight: Tensor | None = None, reductio
         raise ValueError("target must contain only 1 (positive), 0 (negative) and -1 (ignored) values")
     valid = target >= 0
     if weight is not None:
-        try:
-            shape = torch.broadcast_shapes(weight.shape, pred.shape)
-        except RuntimeError:
-            shape = None
-        if shape != pred.shape:
-            raise ValueError(f"weight of shape {tuple(weight.shape)} does not broadcast to pred's shape "
-                             f"{tuple(pred.shape)}")
-        valid = valid & (weight > 0)
+        valid = valid & (broadcast_weight(weight, pred) > 0)
     flat = pred.reshape(-1)
     positive = ((target == 1) & valid).reshape(-1)
     negative = ((target == 0) & valid).reshape(-1)

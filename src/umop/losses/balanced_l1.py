@@ -26,6 +26,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ._weights import broadcast_weight
 from .iou import weight_reduce_loss
 
 __all__ = ["balanced_l1_loss", "BalancedL1Loss"]
@@ -39,19 +40,6 @@ def _check(pred: Tensor, target: Tensor, alpha: float, gamma: float, beta: float
         raise ValueError(f"alpha, gamma and beta must be positive, got alpha={alpha}, gamma={gamma}, beta={beta}")
 
 
-def _weight(weight: Tensor | None, pred: Tensor) -> Tensor | None:
-    if weight is None:
-        return None
-    if weight.shape == pred.shape[:-1] and weight.shape != pred.shape:
-        weight = weight.unsqueeze(-1)
-    try:
-        shape = torch.broadcast_shapes(weight.shape, pred.shape)
-    except RuntimeError:
-        shape = None
-    if shape != pred.shape:
-        raise ValueError(f"weight of shape {tuple(weight.shape)} does not broadcast to pred's shape "
-                         f"{tuple(pred.shape)} (nor equals pred.shape[:-1])")
-    return weight
 
 
 def balanced_l1_loss(pred: Tensor, target: Tensor, weight: Tensor | None = None, reduction: str = "mean",
@@ -76,7 +64,7 @@ def balanced_l1_loss(pred: Tensor, target: Tensor, weight: Tensor | None = None,
     inlier = alpha / b * (b * diff + 1) * torch.log(b * diff / beta + 1) - alpha * diff
     outlier = gamma * diff + (gamma / b - alpha * beta)
     loss = torch.where(diff < beta, inlier, outlier)
-    return weight_reduce_loss(loss, _weight(weight, pred), reduction, avg_factor)
+    return weight_reduce_loss(loss, broadcast_weight(weight, pred), reduction, avg_factor)
 
 
 class BalancedL1Loss(nn.Module):

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._weights import broadcast_weight
+
 __all__ = ["sigmoid_focal_loss", "focal_loss_reference", "focal_loss_terms", "FocalLossFunction"]
 
 _REDUCTIONS = ("none", "mean", "sum")
@@ -186,17 +188,6 @@ class FocalLossFunction(torch.autograd.Function):
         return grad_logits, None, None, None, None, None, None
 
 
-def _check_weight(weight: Tensor | None, logits: Tensor) -> Tensor | None:
-    if weight is None:
-        return None
-    if weight.shape == logits.shape[:-1]:
-        return weight.unsqueeze(-1)
-    try:
-        torch.broadcast_shapes(weight.shape, logits.shape)
-    except RuntimeError:
-        raise ValueError(f"weight of shape {tuple(weight.shape)} does not broadcast against logits of shape "
-                         f"{tuple(logits.shape)} (nor equals logits.shape[:-1])") from None
-    return weight
 
 
 def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float | Tensor = 0.25,
@@ -221,7 +212,7 @@ def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float | Tensor = 
     if logits.shape != targets.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} must have the same shape")
     alpha, gamma = _as_tensor_or_float(alpha), _as_tensor_or_float(gamma)
-    weight = _check_weight(weight, logits)
+    weight = broadcast_weight(weight, logits)
     binary_dtype = targets.dtype == torch.bool
     targets = targets.to(logits.dtype)
 

@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._weights import broadcast_weight
+
 __all__ = ["ghmc_loss", "ghmr_loss", "GHMCLoss", "GHMRLoss", "ghm_weights"]
 
 _REDUCTIONS = ("none", "mean", "sum")
@@ -109,16 +111,7 @@ def _check_common(pred: Tensor, reduction: str, bins: int, momentum: float) -> N
 def _expand_weight(weight: Tensor | None, pred: Tensor, name: str = "weight") -> Tensor:
     if weight is None:
         return torch.ones_like(pred)
-    if pred.ndim >= 1 and weight.shape == pred.shape[:-1] and weight.shape != pred.shape:
-        weight = weight.unsqueeze(-1)
-    try:
-        shape = torch.broadcast_shapes(weight.shape, pred.shape)
-    except RuntimeError:
-        shape = None
-    if shape != pred.shape:
-        raise ValueError(f"{name} of shape {tuple(weight.shape)} does not broadcast to pred's shape "
-                         f"{tuple(pred.shape)} (nor equals pred.shape[:-1])")
-    return weight.expand(pred.shape)
+    return broadcast_weight(weight, pred, name).expand(pred.shape)
 
 
 def ghmc_loss(pred: Tensor, target: Tensor, weight: Tensor | None = None, reduction: str = "mean",

@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ._weights import broadcast_weight
 from .iou import weight_reduce_loss
 
 __all__ = ["kl_loss", "KLLoss"]
@@ -51,17 +52,7 @@ def kl_loss(pred: Tensor, target: Tensor, weight: Tensor | None = None, reductio
     diff = (pred - target).abs()
     smooth_l1 = torch.where(diff <= beta, 0.5 * diff * diff / beta, diff - 0.5 * beta)
     loss = torch.exp(-log_var) * smooth_l1 + 0.5 * log_var
-    if weight is not None:
-        if weight.shape == pred.shape[:-1] and weight.shape != pred.shape:
-            weight = weight.unsqueeze(-1)
-        try:
-            shape = torch.broadcast_shapes(weight.shape, pred.shape)
-        except RuntimeError:
-            shape = None
-        if shape != pred.shape:
-            raise ValueError(f"weight of shape {tuple(weight.shape)} does not broadcast to pred's shape "
-                             f"{tuple(pred.shape)} (nor equals pred.shape[:-1])")
-    return weight_reduce_loss(loss, weight, reduction, avg_factor)
+    return weight_reduce_loss(loss, broadcast_weight(weight, pred), reduction, avg_factor)
 
 
 class KLLoss(nn.Module):
