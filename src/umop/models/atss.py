@@ -33,7 +33,7 @@ from ..assigners.fcos import fcos_centerness
 from ..losses.iou import giou_loss
 from .anchors import AnchorGenerator, atss_anchor_generator
 from .box_coder import DeltaXYWHBoxCoder
-from .detector import OneStageDetector
+from .detector import OneStageDetector, mean_over_processes
 
 __all__ = ["ATSS", "ATSSHead", "Scale", "group_norm", "conv_tower", "flatten_level", "masked_box_pairs",
            "ATSS_TARGET_STDS"]
@@ -221,7 +221,7 @@ class ATSS(OneStageDetector):
         cls_logits = head_outputs["cls_logits"]
         positive = assign_result.positive_mask  # (B, A)
         positive_f = positive.to(cls_logits.dtype)
-        num_positive = positive_f.sum().clamp(min=1)
+        num_positive = mean_over_processes(positive_f.sum()).clamp(min=1)
         loss_cls, stats = self.classification_loss(cls_logits, assign_result, num_positive)
 
         index = assign_result.matched_gt.clamp(min=0).unsqueeze(-1).expand(-1, -1, 4)
@@ -232,7 +232,7 @@ class ATSS(OneStageDetector):
         pred_boxes, target_boxes = masked_box_pairs(decoded, matched_boxes, positive)
         # ATSS / mmdetection: GIoU weighted by the centerness target, normalised by its sum (>= 1).
         loss_box = giou_loss(pred_boxes, target_boxes, weight=centerness_target, reduction="sum")
-        loss_box = loss_box / centerness_target.sum().clamp(min=1) * self.box_loss_weight
+        loss_box = loss_box / mean_over_processes(centerness_target.sum()).clamp(min=1) * self.box_loss_weight
         loss_centerness = F.binary_cross_entropy_with_logits(
             head_outputs["centerness"], centerness_target, weight=positive_f, reduction="sum") / num_positive
         return {"loss_cls": loss_cls, "loss_box": loss_box,

@@ -30,6 +30,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Optional, Sequence
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
@@ -48,6 +49,22 @@ def one_hot_targets(labels: Tensor, positive: Tensor, num_classes: int, dtype: t
     targets = torch.zeros(*labels.shape, num_classes, dtype=dtype, device=labels.device)
     index = labels.clamp(min=0, max=num_classes - 1).unsqueeze(-1)
     return targets.scatter_(-1, index, positive.unsqueeze(-1).to(dtype))
+
+
+
+def mean_over_processes(value: Tensor) -> Tensor:
+    """Mean of a (detached) scalar over the ``torch.distributed`` processes; identity in one process.
+
+    Loss normalisers (positive counts, weight sums) go through this, as mmdetection's ``reduce_mean``:
+    with the per-process losses divided by the *mean* count, DDP's gradient average equals the gradient
+    of one process that holds the whole global batch.
+    """
+    value = value.detach()
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        value = value.clone()
+        dist.all_reduce(value)
+        value = value / dist.get_world_size()
+    return value
 
 
 class OneStageDetector(nn.Module):

@@ -32,7 +32,7 @@ from ..losses.iou import giou_loss
 from .anchors import PointGenerator
 from .atss import NormLayer, Scale, conv_tower, flatten_level, group_norm, masked_box_pairs, prediction_conv, prior_bias
 from .box_coder import DistancePointCoder
-from .detector import OneStageDetector
+from .detector import OneStageDetector, mean_over_processes
 
 __all__ = ["FCOS", "FCOSHead"]
 
@@ -148,14 +148,14 @@ class FCOS(OneStageDetector):
         cls_logits = head_outputs["cls_logits"]
         positive = assign_result.positive_mask  # (B, A)
         positive_f = positive.to(cls_logits.dtype)
-        num_positive = positive_f.sum().clamp(min=1)
+        num_positive = mean_over_processes(positive_f.sum()).clamp(min=1)
         loss_cls, stats = self.classification_loss(cls_logits, assign_result, num_positive)
 
         centerness_target = assign_result.extras["centerness"].to(cls_logits.dtype) * positive_f  # (B, A)
         decoded = self.box_coder.decode(head_outputs["bbox_regression"], priors.unsqueeze(0))  # (B, A, 4)
         pred_boxes, target_boxes = masked_box_pairs(decoded, assign_result.extras["bbox_targets"], positive)
         loss_box = giou_loss(pred_boxes, target_boxes, weight=centerness_target, reduction="sum")
-        loss_box = loss_box / centerness_target.sum().clamp(min=1e-6) * self.box_loss_weight
+        loss_box = loss_box / mean_over_processes(centerness_target.sum()).clamp(min=1e-6) * self.box_loss_weight
         loss_centerness = F.binary_cross_entropy_with_logits(
             head_outputs["centerness"], centerness_target, weight=positive_f, reduction="sum") / num_positive
         return {"loss_cls": loss_cls, "loss_box": loss_box,

@@ -39,7 +39,7 @@ from ..losses.varifocal import varifocal_loss
 from .anchors import AnchorGenerator
 from .atss import NormLayer, Scale, conv_tower, flatten_level, group_norm, masked_box_pairs, prediction_conv, prior_bias
 from .box_coder import DistancePointCoder
-from .detector import CLS_LOSSES, OneStageDetector
+from .detector import CLS_LOSSES, OneStageDetector, mean_over_processes
 
 __all__ = ["VFNet", "VFNetHead", "star_dcn_offset", "vfnet_reg_denoms"]
 
@@ -207,7 +207,7 @@ class VFNet(OneStageDetector):
         cls_logits = head_outputs["cls_logits"]
         positive = assign_result.positive_mask  # (B, A)
         positive_f = positive.to(cls_logits.dtype)
-        num_positive = positive_f.sum().clamp(min=1)
+        num_positive = mean_over_processes(positive_f.sum()).clamp(min=1)
 
         index = assign_result.matched_gt.clamp(min=0).unsqueeze(-1).expand(-1, -1, 4)
         matched_boxes = torch.gather(gt.boxes, 1, index)  # (B, A, 4)
@@ -221,9 +221,9 @@ class VFNet(OneStageDetector):
             iou_refine = aligned_box_iou(refine_boxes, refine_targets).clamp(min=1e-6) * positive_f
 
         loss_box_init = giou_loss(init_boxes, init_targets, weight=iou_init, reduction="sum")
-        loss_box_init = loss_box_init / iou_init.sum().clamp(min=1) * self.box_init_loss_weight
+        loss_box_init = loss_box_init / mean_over_processes(iou_init.sum()).clamp(min=1) * self.box_init_loss_weight
         loss_box = giou_loss(refine_boxes, refine_targets, weight=iou_refine, reduction="sum")
-        loss_box = loss_box / iou_refine.sum().clamp(min=1) * self.box_loss_weight
+        loss_box = loss_box / mean_over_processes(iou_refine.sum()).clamp(min=1) * self.box_loss_weight
 
         if self.cls_loss == "varifocal":
             # IoU-aware classification score target (VFNet Sec. 3.1): q = IoU(refined box, gt) at the gt class.
