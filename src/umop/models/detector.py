@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
 from ..assigners.common import AssignResult, PaddedTargets, pad_targets, validate_targets
+from ..losses.progressive import level_index_for
 from .backbone import feature_size
 
 __all__ = ["OneStageDetector", "CLS_LOSSES", "one_hot_targets"]
@@ -196,9 +197,8 @@ class OneStageDetector(nn.Module):
         return self.prior_generator(sizes, features[0].device, torch.float32)
 
     def level_index(self, num_priors_per_level: Sequence[int], device) -> Tensor:
-        """``(A,)`` long: pyramid level of each prior."""
-        counts = torch.as_tensor(list(num_priors_per_level), device=device)
-        return torch.repeat_interleave(torch.arange(len(num_priors_per_level), device=device), counts)
+        """``(A,)`` long: pyramid level of each prior (cached per layout and device, shared with PFL)."""
+        return level_index_for(num_priors_per_level, device)
 
     def prior_strides(self, num_priors_per_level: Sequence[int], device) -> Tensor:
         """``(A,)`` float: stride of the level of each prior."""
