@@ -209,9 +209,6 @@ class ATSS(OneStageDetector):
         self.box_loss_weight = box_loss_weight
         self.centerness_loss_weight = centerness_loss_weight
 
-    def assign(self, priors: Tensor, num_priors_per_level: list[int], gt: PaddedTargets) -> AssignResult:
-        return self.assigner(priors, num_priors_per_level, gt)
-
     def predict_scores(self, head_outputs: dict[str, Tensor]) -> Tensor:
         """``sigmoid(cls) * sigmoid(centerness)`` ``(B, A, C)`` (ATSS / mmdetection ``score_factors``)."""
         return head_outputs["cls_logits"].sigmoid() * head_outputs["centerness"].sigmoid().unsqueeze(-1)

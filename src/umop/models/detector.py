@@ -140,8 +140,11 @@ class OneStageDetector(nn.Module):
 
     # ------------------------------------------------------------------ subclass interface
     def assign(self, priors: Tensor, num_priors_per_level: list[int], gt: PaddedTargets) -> AssignResult:
-        """Geometry-only batched assignment (subclass)."""
-        raise NotImplementedError(f"{type(self).__name__} must implement assign()")
+        """Geometry-only batched assignment by the detector's ``assigner`` (set by the subclass)."""
+        assigner = getattr(self, "assigner", None)
+        if assigner is None:
+            raise NotImplementedError(f"{type(self).__name__} must set an assigner or implement assign()")
+        return assigner(priors, num_priors_per_level, gt)
 
     def compute_losses(
         self, head_outputs: dict[str, Tensor], priors: Tensor, assign_result: AssignResult, gt: PaddedTargets

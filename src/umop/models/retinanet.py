@@ -149,9 +149,6 @@ class RetinaNet(OneStageDetector):
         self.box_loss_weight = box_loss_weight
         self.smooth_l1_beta = smooth_l1_beta
 
-    def assign(self, priors: Tensor, num_priors_per_level: list[int], gt: PaddedTargets) -> AssignResult:
-        return self.assigner(priors, num_priors_per_level, gt)
-
     def compute_losses(self, head_outputs: dict[str, Tensor], priors: Tensor, assign_result: AssignResult,
                        gt: PaddedTargets) -> dict[str, Any]:
         positive = assign_result.positive_mask  # (B, A)

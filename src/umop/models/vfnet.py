@@ -199,9 +199,6 @@ class VFNet(OneStageDetector):
         self.box_init_loss_weight = box_init_loss_weight
         self.box_loss_weight = box_loss_weight
 
-    def assign(self, priors: Tensor, num_priors_per_level: list[int], gt: PaddedTargets) -> AssignResult:
-        return self.assigner(priors, num_priors_per_level, gt)
-
     def compute_losses(self, head_outputs: dict[str, Tensor], priors: Tensor, assign_result: AssignResult,
                        gt: PaddedTargets) -> dict[str, Any]:
         cls_logits = head_outputs["cls_logits"]
