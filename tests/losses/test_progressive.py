@@ -91,20 +91,61 @@ def test_level_mean_is_level_sum_divided_by_number_of_levels():
     torch.testing.assert_close(total_mean, total_sum / len(levels))
 
 
-def test_gradient_equals_autograd_of_the_formula_with_detached_parameters():
-    generator = torch.Generator().manual_seed(2)
-    logits = (torch.randn(2, 31, 4, generator=generator, dtype=torch.float64) * 2).requires_grad_(True)
-    targets = (torch.rand(2, 31, 4, generator=generator) < 0.2).double()
-    weight = (torch.rand(2, 31, generator=generator) > 0.2).double()
-    levels = [16, 8, 4, 2, 1]
+def _random_case(kind: str, seed: int = 2, dtype=torch.float64):
+    """(2, 31, 4) logits; 'multi_label' targets may hold several 1s per anchor, 'one_hot' at most one."""
+    generator = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(2, 31, 4, generator=generator, dtype=dtype) * 2).requires_grad_(True)
+    if kind == "multi_label":
+        targets = (torch.rand(2, 31, 4, generator=generator) < 0.2).to(dtype)
+    else:
+        positive = torch.rand(2, 31, generator=generator) < 0.3
+        labels = torch.randint(4, (2, 31), generator=generator)
+        targets = torch.nn.functional.one_hot(labels, 4).to(dtype) * positive[..., None]
+    weight = (torch.rand(2, 31, generator=generator) > 0.2).to(dtype)
+    return logits, targets, weight, [16, 8, 4, 2, 1]
+
+
+# One-hot targets (at most one positive per anchor) take a shorter path on CPU (a positive's loss is read
+# from the statistics); several positives per anchor take the general one. Both must give the formula.
+@pytest.mark.parametrize("kind", ["multi_label", "one_hot"])
+@pytest.mark.parametrize("estimator", ["official", "paper"])
+@pytest.mark.parametrize("level_reduction", ["sum", "mean"])
+def test_gradient_equals_autograd_of_the_formula_with_detached_parameters(kind, estimator, level_reduction):
+    logits, targets, weight, levels = _random_case(kind)
     loss, stats = progressive_focal_loss(logits, targets, levels, weight=weight, normalizer=7.0,
-                                         return_stats=True)
+                                         estimator=estimator, level_reduction=level_reduction, return_stats=True)
     level_of_anchor = torch.repeat_interleave(torch.arange(5), torch.tensor(levels))
     gamma = stats["gamma_ad"][level_of_anchor].view(1, -1, 1).detach()
     alpha = stats["alpha_ad"][level_of_anchor].view(1, -1, 1).detach()
-    reference = (focal_loss_reference(logits, targets, alpha, gamma) * weight[..., None]).sum() / 7.0
-    torch.testing.assert_close(loss, reference)
-    torch.testing.assert_close(torch.autograd.grad(loss, logits)[0], torch.autograd.grad(reference, logits)[0])
+    per_anchor = (focal_loss_reference(logits, targets, alpha, gamma) * weight[..., None]).sum((0, 2)) / 7.0
+    reference_levels = torch.stack([part.sum() for part in per_anchor.split(levels)])
+    if level_reduction == "mean":
+        reference_levels = reference_levels / len(levels)
+    torch.testing.assert_close(stats["loss"], reference_levels)
+    torch.testing.assert_close(loss, reference_levels.sum())
+    torch.testing.assert_close(torch.autograd.grad(loss, logits)[0],
+                               torch.autograd.grad(reference_levels.sum(), logits)[0])
+
+
+@pytest.mark.parametrize("kind", ["multi_label", "one_hot"])
+@pytest.mark.parametrize("estimator", ["official", "paper"])
+def test_adapted_gamma_from_the_probabilities_of_the_valid_positives(kind, estimator):
+    logits, targets, weight, levels = _random_case(kind, seed=5)
+    _, stats = progressive_focal_loss(logits, targets, levels, weight=weight, delta=1.9, estimator=estimator,
+                                      return_stats=True)
+    probability = torch.sigmoid(logits.detach())
+    positive = (targets > 0) & (weight[..., None] > 0)
+    expected = []
+    for first, count in zip([0, 16, 24, 28, 30], levels):
+        level_positive = positive[:, first:first + count]
+        level_probability = probability[:, first:first + count][level_positive]
+        if level_probability.numel() == 0:
+            expected.append(2.0)
+        elif estimator == "official":
+            expected.append(float((-level_probability.log()).mean().clamp(0.1, 3.9)))
+        else:
+            expected.append(float((-level_probability.mean().log()).clamp(0.1, 3.9)))
+    torch.testing.assert_close(stats["gamma_ad"], torch.tensor(expected, dtype=torch.float64))
 
 
 def test_gradcheck_float64_where_gamma_is_locally_constant():

@@ -12,6 +12,8 @@ formula. When ``targets``, ``alpha``, ``gamma`` or ``weight`` require gradients,
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -21,6 +23,8 @@ from ._weights import broadcast_weight
 __all__ = ["sigmoid_focal_loss", "focal_loss_reference", "focal_loss_terms", "FocalLossFunction"]
 
 _REDUCTIONS = ("none", "mean", "sum")
+LOG2_E = math.log2(math.e)
+LN_2 = math.log(2.0)
 
 
 def _as_tensor_or_float(value: float | Tensor) -> float | Tensor:
@@ -89,35 +93,104 @@ def binary_focal_prelude(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tenso
     return signed_logits, F.softplus(signed_logits), torch.sigmoid(signed_logits)
 
 
+def _row_constant(value: float | Tensor) -> bool:
+    """True if ``value`` is the same along the last (class) dimension: a float or a (..., 1) tensor."""
+    return not isinstance(value, Tensor) or value.dim() == 0 or value.shape[-1] == 1
+
+
+def _row_coefficient(value: float | Tensor) -> float | Tensor:
+    """A (..., 1) coefficient as (...) so that it multiplies per-row sums; floats and 0-dim pass through."""
+    return value.squeeze(-1) if isinstance(value, Tensor) and value.dim() > 0 else value
+
+
+def binary_modulated_terms(signed_logits: Tensor, ce: Tensor, modulating_base: Tensor, gamma: float | Tensor,
+                           need_grad: bool, gamma_is_positive: bool = False
+                           ) -> tuple[Tensor, Tensor | None, float | Tensor]:
+    """The gamma-dependent part of the binary-target focal loss, in the prelude's buffers.
+
+    Returns ``(loss_part, grad_factor, loss_factor)``:
+        loss_factor * loss_part = ce * m^gamma                      (in ce's buffer)
+        grad_factor = m^gamma * (m + gamma * ce * (1 - m))          (in m's buffer; None without need_grad)
+    so that, with a_t = alpha for positives and 1 - alpha for negatives and s = 1 - 2t,
+        loss = a_t * ce * m^gamma,   dloss/dx = a_t * s * grad_factor
+    (for binary t, p - t = s m and p (1 - p) = m (1 - m) reduce the general gradient to this form).
+    u's buffer is free afterwards. Nothing of the logits' size is allocated: on CPU a fresh (B, A, C)
+    allocation costs more than the arithmetic on it.
+
+    m^gamma = exp(gamma log m) with log m = u - ce, evaluated as 2^(gamma log2(e) log m) (exp2 is the
+    cheaper instruction on CPU). With ``gamma_is_positive`` (a gamma tensor > 0 everywhere, PFL's gamma_ad)
+    ce is scaled by -gamma log2(e) in place, which saves a pass; ``loss_factor`` is then 1 / (-gamma log2 e).
+    """
+    loss_factor: float | Tensor = 1.0
+    if isinstance(gamma, Tensor) and gamma_is_positive:
+        gamma_log2e = gamma * LOG2_E
+        scaled_ce = ce.mul_(-gamma_log2e)                                     # c = -gamma log2(e) ce, in place
+        modulating = torch.addcmul(scaled_ce, gamma_log2e, signed_logits, out=signed_logits).exp2_()
+        if need_grad:   # m + gamma ce (1 - m) = m + ln(2) c m - ln(2) c, in m's buffer
+            modulating_base.addcmul_(scaled_ce, modulating_base, value=LN_2).sub_(scaled_ce, alpha=LN_2)
+        loss_factor = (-gamma_log2e).reciprocal()
+    else:
+        if isinstance(gamma, (int, float)) and gamma == 2.0:
+            modulating = torch.mul(modulating_base, modulating_base, out=signed_logits)
+        else:
+            modulating = signed_logits.sub_(ce).mul_(gamma * LOG2_E).exp2_()
+        if need_grad:   # m + gamma ce (1 - m), in m's buffer
+            if isinstance(gamma, Tensor):
+                gamma_ce = ce * gamma
+                modulating_base.addcmul_(gamma_ce, modulating_base, value=-1.0).add_(gamma_ce)
+            else:
+                modulating_base.addcmul_(ce, modulating_base, value=-gamma).add_(ce, alpha=gamma)
+    grad_factor = modulating_base.mul_(modulating) if need_grad else None
+    return ce.mul_(modulating), grad_factor, loss_factor
+
+
+def signed_alpha_gradient(grad_factor: Tensor, targets: Tensor, negative_coefficient: float | Tensor,
+                          coefficient_sum: float | Tensor, out: Tensor) -> Tensor:
+    """grad_factor * a_t * s, in grad_factor's buffer; ``out`` (a free buffer of the same size) holds a_t * s.
+
+    a_t * s is ``negative_coefficient`` for negatives and ``negative_coefficient - coefficient_sum`` for
+    positives (coefficient_sum = scale * (alpha + 1 - alpha) = scale, or 2 * scale without alpha).
+    """
+    def as_tensor(value):
+        return torch.as_tensor(value, dtype=grad_factor.dtype, device=grad_factor.device)
+    signed_alpha = torch.addcmul(as_tensor(negative_coefficient), targets, as_tensor(coefficient_sum),
+                                 value=-1.0, out=out)
+    return grad_factor.mul_(signed_alpha)
+
+
 def binary_focal_terms(signed_logits: Tensor, ce: Tensor, modulating_base: Tensor, targets: Tensor,
                        alpha: float | Tensor, gamma: float | Tensor, scale: float | Tensor,
-                       need_grad: bool) -> tuple[Tensor, Tensor | None]:
+                       need_grad: bool, row_sums: bool = False) -> tuple[Tensor, Tensor | None]:
     """Second half of the binary-target focal loss: (scale * loss, scale * dloss/dx).
 
-    Consumes the prelude's buffers (they are overwritten: large CPU allocations are the main cost here).
-    With log m = u - ce, m^gamma = exp(gamma (u - ce)); since for binary t (p - t) = s m and
-    p (1 - p) = m (1 - m) with s = 1 - 2t, the general gradient reduces to
-        dL/dx = a_t * s * m^gamma * (m + gamma * ce * (1 - m)).
-    Tensors may broadcast (per-level alpha/gamma of shape (1, A, 1), weights (B, A, 1)).
+    Consumes the prelude's three buffers (see :func:`binary_modulated_terms`).
+
+    Args:
+        alpha, gamma, scale: floats or tensors broadcasting to the logits (anchor weights (B, A, 1), ...);
+            a negative float alpha disables the alpha factor.
+        row_sums: return the loss summed over the last (class) dimension, shape ``logits.shape[:-1]``.
+            When alpha and scale are constant along that dimension the alpha factor is applied to two
+            per-row sums (all classes, positives only) instead of element-wise.
+    Returns:
+        (loss, grad): loss element-wise or per row; grad of the logits' shape, or None.
     """
-    if isinstance(gamma, float) and gamma == 2.0:
-        modulating = torch.mul(modulating_base, modulating_base, out=signed_logits)
+    loss, grad_factor, _ = binary_modulated_terms(signed_logits, ce, modulating_base, gamma, need_grad)
+    if not isinstance(alpha, Tensor) and alpha < 0:
+        negative_coefficient = positive_coefficient = scale
     else:
-        modulating = signed_logits.sub_(ce).mul_(gamma).exp_()          # m^gamma, in u's buffer
-    if not isinstance(alpha, Tensor) and alpha < 0:                      # alpha disabled (torchvision: -1)
-        alpha_t = torch.ones_like(ce).mul_(scale)
-    else:                                                                # a_t = (1 - a) + (2a - 1) t, scaled
-        alpha_t = torch.addcmul(torch.as_tensor((1 - alpha) * scale, dtype=ce.dtype, device=ce.device),
-                                targets, torch.as_tensor((2 * alpha - 1) * scale, dtype=ce.dtype,
-                                                         device=ce.device))
-    grad = None
-    if need_grad:
-        grad = torch.sub(1.0, modulating_base).mul_(ce).mul_(gamma).add_(modulating_base)
-    loss = ce.mul_(modulating).mul_(alpha_t)                             # a_t ce m^gamma, in ce's buffer
-    if need_grad:
-        signed_alpha = alpha_t.addcmul_(targets, alpha_t, value=-2.0)    # a_t * s
-        grad.mul_(modulating).mul_(signed_alpha)
-    return loss, grad
+        negative_coefficient, positive_coefficient = (1 - alpha) * scale, alpha * scale
+    if row_sums and _row_constant(negative_coefficient) and _row_constant(positive_coefficient):
+        loss = (last_dim_sums(loss) * _row_coefficient(negative_coefficient)
+                + last_dim_dots(targets, loss) * _row_coefficient(positive_coefficient - negative_coefficient))
+    else:
+        alpha_t = targets * (positive_coefficient - negative_coefficient)
+        loss = loss.mul_(alpha_t.add_(negative_coefficient))
+        if row_sums:
+            loss = last_dim_sums(loss)
+    if grad_factor is None:
+        return loss, None
+    return loss, signed_alpha_gradient(grad_factor, targets, negative_coefficient,
+                                       positive_coefficient + negative_coefficient, out=signed_logits)
 
 
 def last_dim_sums(values: Tensor) -> Tensor:
@@ -155,6 +228,18 @@ def targets_are_binary(targets: Tensor) -> bool:
     return not bool(binary_violation(targets, last_dim_sums(targets)))
 
 
+def scale_saved_gradient(grad: Tensor, grad_output: Tensor) -> Tensor:
+    """grad * grad_output for the fused losses' backward, without a copy in the common case.
+
+    ``loss.backward()`` sends a CPU scalar 1: the saved gradient is returned as it is (it is never modified,
+    so ``retain_graph`` still works). Reading the value is free on CPU; on an accelerator it would be a
+    host synchronisation, so there the product is always taken.
+    """
+    if grad_output.dim() == 0 and grad_output.device.type == "cpu" and float(grad_output) == 1.0:
+        return grad
+    return grad * grad_output
+
+
 class FocalLossFunction(torch.autograd.Function):
     """Fused focal loss: the forward pass also computes dL/dlogits; backward is one multiply.
 
@@ -168,7 +253,7 @@ class FocalLossFunction(torch.autograd.Function):
                 binary: bool) -> Tensor:
         if binary:
             loss, grad = binary_focal_terms(*binary_focal_prelude(logits, targets), targets, alpha, gamma,
-                                            scale, logits.requires_grad)
+                                            scale, logits.requires_grad, row_sums=reduce_sum)
         else:
             loss, grad = focal_loss_terms(logits, targets, alpha, gamma, need_grad=logits.requires_grad)
             if not (isinstance(scale, float) and scale == 1.0):
@@ -182,7 +267,7 @@ class FocalLossFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output: Tensor):
         (grad,) = ctx.saved_tensors
-        grad_logits = grad * grad_output  # grad_output is a scalar (sum) or element-wise ("none")
+        grad_logits = scale_saved_gradient(grad, grad_output)  # a scalar (sum) or element-wise ("none")
         if grad_logits.shape != ctx.logits_shape:
             grad_logits = grad_logits.expand(ctx.logits_shape)
         return grad_logits, None, None, None, None, None, None

@@ -41,7 +41,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .focal import binary_focal_prelude, binary_focal_terms, binary_violation, last_dim_dots, last_dim_sums
+from .focal import (binary_focal_prelude, binary_modulated_terms, binary_violation, last_dim_dots,
+                    last_dim_sums, scale_saved_gradient, signed_alpha_gradient)
 
 __all__ = ["progressive_focal_loss", "ProgressiveFocalLoss", "level_index_for", "ESTIMATORS",
            "LEVEL_REDUCTIONS"]
@@ -64,6 +65,23 @@ def level_index_for(num_anchors_per_level: Sequence[int], device: torch.device) 
             _level_index_cache.clear()
         _level_index_cache[key] = index
     return index
+
+
+_level_matrix_cache: dict[tuple, Tensor] = {}
+
+
+def level_matrix_for(num_anchors_per_level: Sequence[int], device: torch.device, dtype: torch.dtype) -> Tensor:
+    """(A, L) one-hot matrix of each anchor's level: ``per_anchor @ matrix`` sums per level in one BLAS call."""
+    key = (tuple(int(n) for n in num_anchors_per_level), str(device), dtype)
+    matrix = _level_matrix_cache.get(key)
+    if matrix is None:
+        index = level_index_for(key[0], device)
+        matrix = torch.zeros(len(index), len(key[0]), dtype=dtype, device=device)
+        matrix[torch.arange(len(index), device=device), index] = 1
+        if len(_level_matrix_cache) > 64:
+            _level_matrix_cache.clear()
+        _level_matrix_cache[key] = matrix
+    return matrix
 
 
 def _validate(logits: Tensor, targets: Tensor, num_anchors_per_level: Sequence[int], gamma: float,
@@ -118,34 +136,57 @@ class ProgressiveFocalLossFunction(torch.autograd.Function):
     """Fused PFL forward + hand-derived backward. Returns (total, per-level loss, stats table)."""
 
     @staticmethod
-    def forward(ctx, logits: Tensor, targets: Tensor, level_index: Tensor, num_levels: int, gamma: float,
+    def forward(ctx, logits: Tensor, targets: Tensor, level_index: Tensor, level_matrix: Tensor,
+                num_levels: int, gamma: float,
                 delta: float, w: float, estimator: str, level_reduction: str, valid: Tensor | None,
-                weight: Tensor | None, normalizer: Tensor | float, sync: bool, positives_per_anchor: Tensor):
+                weight: Tensor | None, normalizer: Tensor | float, sync: bool, positives_per_anchor: Tensor,
+                one_hot_rows: bool):
         signed_logits, ce, modulating_base = binary_focal_prelude(logits, targets)
+        num_anchors = logits.shape[1]
 
         # ---- per-level statistics of the positives (UMOP Eq. 4 / released code) -----------------------
-        if estimator == "official":   # sum of -log(p) = ce over the positives
-            term_per_anchor = last_dim_dots(targets, ce)
+        ce_positive = last_dim_dots(targets, ce)       # (B, A): sum of ce = -log(p) over the row's positives
+        if estimator == "official":   # sum of -log(p) over the positives
+            term_per_anchor = ce_positive
+        elif one_hot_rows:            # sum of p = exp(-ce) over the positives (at most one per row)
+            term_per_anchor = positives_per_anchor * torch.exp(-ce_positive)
         else:                         # sum of p = 1 - m over the positives
             term_per_anchor = positives_per_anchor - last_dim_dots(targets, modulating_base)
         per_anchor = torch.stack([term_per_anchor, positives_per_anchor])            # (2, B, A)
         if valid is not None:
             per_anchor = per_anchor * valid
-        level_sums = per_anchor.new_zeros(2, num_levels).index_add_(1, level_index, per_anchor.sum(1))
+        level_sums = per_anchor.sum(1) @ level_matrix                                  # (2, L)
         if sync and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(level_sums)
         gamma_ad, alpha_ad = _adaptive_parameters(level_sums, gamma, delta, w, estimator)
 
-        # ---- focal loss with one (alpha, gamma) per level, scaled by valid / normaliser / level factor --
-        anchor_gamma = gamma_ad[level_index].view(1, -1, 1)
-        anchor_alpha = alpha_ad[level_index].view(1, -1, 1)
-        scale = 1.0 / normalizer if isinstance(normalizer, float) else normalizer.reciprocal()
+        # ---- focal loss with one (alpha, gamma) per level ----------------------------------------------
+        anchor_gamma, anchor_alpha = torch.stack([gamma_ad, alpha_ad]).index_select(1, level_index)  # (A,)
+        loss_part, grad_factor, loss_factor = binary_modulated_terms(
+            signed_logits, ce, modulating_base, anchor_gamma.view(1, num_anchors, 1), logits.requires_grad,
+            gamma_is_positive=True)
+        # per anchor (B, A): focal loss summed over all classes without alpha, and its positives' share
+        all_classes = last_dim_sums(loss_part) * loss_factor.view(1, num_anchors)
+        if one_hot_rows:  # a positive's ce * m^gamma from its ce alone: m = 1 - p = -expm1(-ce)
+            # rows without a positive (ce_positive = 0) are shifted to ce = 1 to keep log finite (log(0) is
+            # a slow path); they are multiplied by 0 anyway
+            shifted_ce = torch.sub(positives_per_anchor, 1.0).sub_(ce_positive)     # -(ce + 1 - positives)
+            positives = ce_positive * torch.expm1(shifted_ce).neg_().log2_().mul_(anchor_gamma).exp2_()
+        else:
+            positives = last_dim_dots(targets, loss_part) * loss_factor.view(1, num_anchors)
+        # a_t = 1 - alpha for negatives, alpha for positives
+        anchor_loss = torch.addcmul(all_classes * (1 - anchor_alpha), positives, 2 * anchor_alpha - 1)
+        if weight is not None:
+            anchor_loss = anchor_loss * weight
+        inverse = 1.0 / normalizer if isinstance(normalizer, float) else normalizer.reciprocal()
         if level_reduction == "mean":
-            scale = scale / num_levels
-        scale = weight.unsqueeze(-1) * scale if weight is not None else torch.as_tensor(scale, dtype=logits.dtype)
-        loss, grad = binary_focal_terms(signed_logits, ce, modulating_base, targets, anchor_alpha,
-                                        anchor_gamma, scale, need_grad=logits.requires_grad)
-        level_loss = loss.new_zeros(num_levels).index_add_(0, level_index, last_dim_sums(loss).sum(0))
+            inverse = inverse / num_levels
+        level_loss = (anchor_loss.sum(0) @ level_matrix) * inverse                      # (L,)
+        grad = None
+        if grad_factor is not None:
+            scale = (weight * inverse).unsqueeze(-1) if weight is not None else torch.as_tensor(inverse)
+            grad = signed_alpha_gradient(grad_factor, targets, (1 - anchor_alpha).view(1, num_anchors, 1) * scale,
+                                         scale, out=signed_logits)
         ctx.save_for_backward(grad if grad is not None else torch.empty(0))
         stats = torch.stack([gamma_ad, alpha_ad, level_sums[1]])
         ctx.mark_non_differentiable(level_loss, stats)
@@ -154,7 +195,7 @@ class ProgressiveFocalLossFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_total: Tensor, grad_level_loss: Tensor, grad_stats: Tensor):
         (grad,) = ctx.saved_tensors
-        return (grad * grad_total,) + (None,) * 13
+        return (scale_saved_gradient(grad, grad_total),) + (None,) * 15
 
 
 def progressive_focal_loss(logits: Tensor, targets: Tensor, num_anchors_per_level: Sequence[int], *,
@@ -201,9 +242,15 @@ def progressive_focal_loss(logits: Tensor, targets: Tensor, num_anchors_per_leve
     positives_per_anchor = last_dim_sums(targets)                                       # (B, A)
     if not targets_are_bool:
         _check_binary(targets, positives_per_anchor)
+    # At most one positive per anchor (one-hot, as every assigner produces) lets the fused function read a
+    # positive's loss from the statistics it computes anyway. Known for free on CPU only; on an accelerator
+    # that would be a host synchronisation, so the general path is taken there.
+    one_hot_rows = (positives_per_anchor.device.type == "cpu" and positives_per_anchor.numel() > 0
+                    and bool(positives_per_anchor.max() <= 1))
     total, level_loss, stats = ProgressiveFocalLossFunction.apply(
-        logits, targets, level_index, num_levels, gamma, delta, w, estimator, level_reduction, valid_mask,
-        weight, normalizer, sync, positives_per_anchor)
+        logits, targets, level_index, level_matrix_for(num_anchors_per_level, logits.device, logits.dtype),
+        num_levels, gamma, delta, w, estimator, level_reduction, valid_mask,
+        weight, normalizer, sync, positives_per_anchor, one_hot_rows)
     if not return_stats:
         return total
     num_valid_anchors = (valid_mask.sum(0) if valid_mask is not None
