@@ -153,7 +153,7 @@ def overfit(name: str, samples, iterations: int = 150, lr: float = 3e-3) -> tupl
 
 
 OVERFIT_SETTINGS = {"atss": {"iterations": 150, "lr": 3e-3}, "fcos": {"iterations": 150, "lr": 3e-3},
-                    "vfnet": {"iterations": 200, "lr": 5e-3}}
+                    "vfnet": {"iterations": 250, "lr": 5e-3}}
 
 
 @pytest.mark.slow
@@ -162,7 +162,8 @@ def test_overfits_two_bccd_images_with_pfl(name, bccd_samples):
     # val[:2]: 36 boxes of red and white cells at 320 px. (train[:2] also holds a single 17-px platelet whose
     # box a from-scratch model does not regress to IoU 0.5 within this budget: AP50 plateaus at 2/3.)
     samples = bccd_samples(n=2, split="val", max_size=320)
-    # VFNet's refinement stage (two deformable convs per level) learns more slowly from scratch
+    # VFNet's refinement stage (two deformable convs per level) learns more slowly from scratch; on CPU its
+    # deformable convs run as bilinear sampling + matmul (umop.models.deform), ~8x faster than torchvision's
     ap50, seconds, steps = overfit(name, samples, **OVERFIT_SETTINGS[name])
     print(f"{name} pfl overfit: AP50 {ap50:.3f} after {steps} steps, {seconds:.1f} s")
     assert ap50 >= 0.9, f"{name}: AP50 {ap50:.3f} after {steps} steps"

@@ -89,6 +89,29 @@ def test_head_outputs_and_refinement(model):
     assert out["bbox_init"][:, :64].mean().item() == pytest.approx(31.5, rel=0.2)
 
 
+def test_deform_conv_implementations_give_the_same_head_outputs_and_gradients(model):
+    """The CPU default (bilinear sampling) and torchvision's deform_conv2d: same outputs and head gradients."""
+    assert model.head.deform_conv_impl == "auto"
+    generator = torch.Generator().manual_seed(3)
+    features = [torch.randn(2, 32, s, s, generator=generator) for s in (8, 4, 2, 1, 1)]
+    results = {}
+    for impl in ("torchvision", "sampling"):
+        model.head.deform_conv_impl = impl
+        model.head.zero_grad()
+        out = model.head(features)
+        (out["cls_logits"].square().mean() + out["bbox_regression"].mean() + out["bbox_init"].mean()).backward()
+        results[impl] = (out, {n: p.grad.clone() for n, p in model.head.named_parameters() if p.grad is not None})
+    model.head.deform_conv_impl = "auto"
+    model.head.zero_grad()
+    for key in ("cls_logits", "bbox_init", "bbox_regression"):
+        torch.testing.assert_close(results["sampling"][0][key], results["torchvision"][0][key], rtol=1e-4, atol=1e-4)
+    assert results["sampling"][1].keys() == results["torchvision"][1].keys()
+    for name, grad in results["torchvision"][1].items():
+        torch.testing.assert_close(results["sampling"][1][name], grad, rtol=1e-3, atol=1e-5, msg=name)
+    with pytest.raises(ValueError, match="deform_conv_impl"):
+        build_detector("vfnet", 3, backbone="resnet18", fpn_channels=32, deform_conv_impl="cuda")
+
+
 def test_losses_with_perfect_boxes(model):
     """Refined and initial boxes equal to the gt: both GIoU losses are 0 and the varifocal target is 1."""
     image_size = (64, 64)

@@ -8,8 +8,9 @@ mmdetection's ``vfnet_r50_fpn_1x_coco``.
   ``exp(scale_l * x) * reg_denom_l`` (``reg_denom`` = middle of the level's FCOS scale range, mmdetection's
   ``bbox_norm_type="reg_denom"``); from it the 9 *star-shaped* sampling points (the point, the 4 side
   mid-points and 4 corners of the box) give the offsets of a 3x3 deformable convolution
-  (``torchvision.ops.deform_conv2d``) on both towers; the refined box is ``exp(scale'_l * x') * initial box``
-  (the initial box detached) and the IoU-aware classification score comes from the deformable features;
+  (``torchvision.ops.deform_conv2d``, or on CPU the equal and ~8x faster bilinear-sampling form of
+  :mod:`umop.models.deform`; ``deform_conv_impl``) on both towers; the refined box is
+  ``exp(scale'_l * x') * initial box`` (the initial box detached) and the IoU-aware classification score comes from the deformable features;
   the gradient reaching the initial box through the offsets is scaled by ``gradient_mul = 0.1``;
 - losses: varifocal loss (alpha 0.75, gamma 2; VFNet Eq. 2) with target ``q = IoU(refined box, gt)`` for the
   gt class of a positive, divided by the number of positives; GIoU on the initial box (weight 1.5) and the
@@ -39,6 +40,8 @@ from ..losses.varifocal import varifocal_loss
 from .anchors import AnchorGenerator
 from .atss import NormLayer, Scale, conv_tower, flatten_level, group_norm, masked_box_pairs, prediction_conv, prior_bias
 from .box_coder import DistancePointCoder
+from .deform import IMPLEMENTATIONS as DEFORM_IMPLEMENTATIONS
+from .deform import deform_conv2d
 from .detector import CLS_LOSSES, OneStageDetector, mean_over_processes
 
 __all__ = ["VFNet", "VFNetHead", "star_dcn_offset", "vfnet_reg_denoms"]
@@ -91,6 +94,9 @@ class VFNetHead(nn.Module):
         norm_layer: ``channels -> nn.Module`` (default :func:`group_norm`).
         gradient_mul: gradient fraction from the deformable offsets into the initial box (0.1).
         prior_probability: initial foreground probability (0.01).
+        deform_conv_impl: ``"auto"`` (default: bilinear sampling on CPU, torchvision's kernel elsewhere),
+            ``"torchvision"`` or ``"sampling"``; see :func:`umop.models.deform.deform_conv2d`. The weights
+            live in ``DeformConv2d`` modules either way.
 
     ``forward(features) -> {"cls_logits": (B, A, C), "bbox_init": (B, A, 4), "bbox_regression": (B, A, 4)}``,
     the box outputs being distances ``(l, t, r, b)`` in pixels (initial and refined).
@@ -99,8 +105,12 @@ class VFNetHead(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, strides: Sequence[int] = (8, 16, 32, 64, 128),
                  reg_denoms: Optional[Sequence[float]] = None, num_convs: int = 3,
                  feat_channels: Optional[int] = None, norm_layer: Optional[NormLayer] = group_norm,
-                 gradient_mul: float = 0.1, prior_probability: float = 0.01) -> None:
+                 gradient_mul: float = 0.1, prior_probability: float = 0.01,
+                 deform_conv_impl: str = "auto") -> None:
         super().__init__()
+        if deform_conv_impl not in DEFORM_IMPLEMENTATIONS:
+            raise ValueError(f"deform_conv_impl must be one of {DEFORM_IMPLEMENTATIONS}, got {deform_conv_impl!r}")
+        self.deform_conv_impl = deform_conv_impl
         feat_channels = feat_channels or in_channels
         self.strides = [int(s) for s in strides]
         self.reg_denoms = list(reg_denoms) if reg_denoms is not None else vfnet_reg_denoms()
@@ -120,6 +130,10 @@ class VFNetHead(nn.Module):
         self.scales = nn.ModuleList([Scale(1.0) for _ in self.strides])
         self.scales_refine = nn.ModuleList([Scale(1.0) for _ in self.strides])
 
+    def _deform(self, conv: DeformConv2d, feature: Tensor, offset: Tensor) -> Tensor:
+        return deform_conv2d(feature, offset, conv.weight, conv.bias, padding=1,
+                             implementation=self.deform_conv_impl)
+
     def forward(self, features: Sequence[Tensor]) -> dict[str, Tensor]:
         if len(features) != len(self.strides):
             raise ValueError(f"features: expected {len(self.strides)} levels, got {len(features)}")
@@ -130,9 +144,9 @@ class VFNetHead(nn.Module):
             init = self.scales[level](self.reg_init(self.reg_conv_init(reg_feat))).float().exp()
             init = init * self.reg_denoms[level]  # (B, 4, H, W) pixels
             offset = star_dcn_offset(init, self.strides[level], self.gradient_mul).to(reg_feat.dtype)
-            refine_feat = F.relu(self.reg_refine_dconv(reg_feat, offset))
+            refine_feat = F.relu(self._deform(self.reg_refine_dconv, reg_feat, offset))
             refine = self.scales_refine[level](self.reg_refine(refine_feat)).float().exp() * init.detach()
-            cls_logits.append(flatten_level(self.cls(F.relu(self.cls_dconv(cls_feat, offset)))))
+            cls_logits.append(flatten_level(self.cls(F.relu(self._deform(self.cls_dconv, cls_feat, offset)))))
             boxes_init.append(flatten_level(init))
             boxes_refine.append(flatten_level(refine))
         return {"cls_logits": torch.cat(cls_logits, 1), "bbox_init": torch.cat(boxes_init, 1),
@@ -152,7 +166,7 @@ class VFNet(OneStageDetector):
         assigner: default ``ATSSAssigner(num_classes, topk=9)``.
         vfl_alpha, vfl_gamma, iou_weighted: varifocal loss options (0.75, 2.0, True).
         box_init_loss_weight, box_loss_weight: GIoU weights of the initial (1.5) and refined (2.0) boxes.
-        head_norm_layer, num_convs, gradient_mul, prior_probability: head options.
+        head_norm_layer, num_convs, gradient_mul, prior_probability, deform_conv_impl: head options.
         **kwargs: :class:`OneStageDetector` options (PFL options, inference settings).
 
     Training returns ``{"loss_cls", "loss_box" (refined), "loss_box_init", "stats"}``.
@@ -179,6 +193,7 @@ class VFNet(OneStageDetector):
         num_convs: int = 3,
         gradient_mul: float = 0.1,
         prior_probability: float = 0.01,
+        deform_conv_impl: str = "auto",
         **kwargs: Any,
     ) -> None:
         strides = list(getattr(backbone, "strides", (8, 16, 32, 64, 128)))
@@ -191,7 +206,7 @@ class VFNet(OneStageDetector):
         if head is None:
             head = VFNetHead(backbone.out_channels, num_classes, strides, num_convs=num_convs,
                              norm_layer=head_norm_layer, gradient_mul=gradient_mul,
-                             prior_probability=prior_probability)
+                             prior_probability=prior_probability, deform_conv_impl=deform_conv_impl)
         super().__init__(backbone, head, anchor_generator, num_classes, cls_loss=cls_loss, **kwargs)
         self.assigner = assigner or ATSSAssigner(num_classes, topk=9)
         self.box_coder = DistancePointCoder()  # decodes distances from the anchor centres
