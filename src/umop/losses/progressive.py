@@ -27,10 +27,14 @@ positive counts), so two processes with half a batch each get exactly the gamma 
 whole batch; the released code's unweighted average of per-GPU gammas differs from that whenever the GPUs
 see different numbers of positives.
 
-Speed: one vectorised pass over (B, A, C); no Python loop over images or levels; no host synchronisation.
-``ProgressiveFocalLossFunction`` computes the loss and its hand-derived gradient together (binary targets
-allow the short form dL/dx = a_t * s * m^gamma * (m + gamma * ce * (1 - m)), with s = 1 - 2t,
-m = sigmoid(s x) = 1 - p_t and ce = softplus(s x)).
+Speed: vectorised over (B, A, C); no Python loop over images or levels; no host synchronisation on an
+accelerator. ``ProgressiveFocalLossFunction`` computes the loss and its hand-derived gradient together (binary
+targets allow the short form dL/dx = a_t * s * m^gamma * (m + gamma * ce * (1 - m)), with s = 1 - 2t,
+m = sigmoid(s x) = 1 - p_t and ce = softplus(s x)) in the three buffers of the focal-loss prelude; per-level
+sums are one matrix product with a cached (A, L) level matrix. Over focal loss with gamma = 2 it adds one
+batched row dot (the statistics), one in-place pass and an exp2. On CPU, when every anchor has at most one
+positive (one-hot rows, checked for free there), a positive's loss ce * (1 - exp(-ce))^gamma is computed from
+the statistics' per-row ce instead of a second row dot over (B, A, C).
 """
 from __future__ import annotations
 
