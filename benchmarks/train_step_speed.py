@@ -19,8 +19,8 @@ import time
 
 import torch
 from torchvision.models.detection import retinanet_resnet50_fpn
-from torchvision.ops.misc import FrozenBatchNorm2d
 
+from umop.integrations.torchvision import freeze_batchnorm
 from umop.models import build_detector, load_torchvision_retinanet_weights
 
 
@@ -28,17 +28,7 @@ def freeze_like_pretrained_recipe(model: torch.nn.Module) -> None:
     """BatchNorm2d -> FrozenBatchNorm2d and stem + layer1 frozen, as torchvision does with an ImageNet
     backbone (``trainable_backbone_layers=3``); with ``weights_backbone=None`` it would train every BN."""
 
-    def replace(module: torch.nn.Module) -> None:
-        for name, child in module.named_children():
-            if isinstance(child, torch.nn.BatchNorm2d):
-                frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
-                for key in ("weight", "bias", "running_mean", "running_var"):
-                    getattr(frozen, key).copy_(getattr(child, key).detach())
-                setattr(module, name, frozen)
-            else:
-                replace(child)
-
-    replace(model)
+    freeze_batchnorm(model)
     for name, parameter in model.backbone.body.named_parameters():
         if name.startswith(("conv1", "bn1", "layer1")):
             parameter.requires_grad_(False)

@@ -91,3 +91,18 @@ def test_subcommands_are_registered(capsys):
     help_text = capsys.readouterr().out
     for command in ("train", "eval", "predict", "demo", "data", "analyze"):
         assert command in help_text
+
+
+def test_a_subcommand_whose_module_fails_to_import_says_why(monkeypatch, capsys):
+    import importlib
+
+    real_import = importlib.import_module
+
+    def failing_import(name, *args, **kwargs):
+        if name == "umop.analysis.cli":
+            raise ImportError("matplotlib is missing")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib, "import_module", failing_import)
+    assert main(["analyze"]) == 2
+    assert "umop analyze is unavailable: matplotlib is missing" in capsys.readouterr().err

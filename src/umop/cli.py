@@ -124,22 +124,23 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _register_optional(subparsers: argparse._SubParsersAction, module: str) -> None:
-    """Add the subcommands of ``module`` (``register(subparsers)``); tolerate it being absent."""
+def _register_optional(subparsers: argparse._SubParsersAction, module: str, name: str) -> None:
+    """Add the subcommand ``name`` from ``module`` (``register(subparsers)``); if the module cannot be
+    imported, ``umop name`` still exists and says why it is unavailable."""
     import importlib
 
     try:
         register: Callable = importlib.import_module(module).register
     except (ImportError, AttributeError) as error:
-        name = module.split(".")[1]
-        parser = subparsers.add_parser(name, help=f"(unavailable: {error})")
-        parser.set_defaults(func=lambda args: _unavailable(name, error))
+        reason = str(error)  # ``error`` is unbound once the except block ends
+        parser = subparsers.add_parser(name, help=f"(unavailable: {reason})")
+        parser.set_defaults(func=lambda args: _unavailable(name, reason))
         return
     register(subparsers)
 
 
-def _unavailable(name: str, error: Exception) -> int:
-    print(f"umop {name} is unavailable: {error}", file=sys.stderr)
+def _unavailable(name: str, reason: str) -> int:
+    print(f"umop {name} is unavailable: {reason}", file=sys.stderr)
     return 2
 
 
@@ -181,8 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="override values of the demo config (packaged demo_synthetic.yaml)")
     demo.set_defaults(func=_cmd_demo)
 
-    _register_optional(subparsers, "umop.data.cli")
-    _register_optional(subparsers, "umop.analysis.cli")
+    _register_optional(subparsers, "umop.data.cli", "data")
+    _register_optional(subparsers, "umop.analysis.cli", "analyze")
     return parser
 
 

@@ -99,3 +99,21 @@ def test_rejects_other_models_and_options():
         use_progressive_focal_loss(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="unknown"):
         use_progressive_focal_loss(_tv_model("retinanet"), gamma_typo=1.0)
+
+
+def test_freeze_batchnorm_keeps_the_eval_output_and_stops_training_the_statistics():
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    from umop.integrations.torchvision import freeze_batchnorm
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4),
+                                torch.nn.Sequential(torch.nn.ReLU(), torch.nn.BatchNorm2d(4)))
+    with torch.no_grad():
+        for bn in (model[1], model[2][1]):
+            bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.uniform_(0.5, 2)
+    x = torch.randn(2, 3, 8, 8)
+    expected = model.eval()(x)
+    assert freeze_batchnorm(model) is model
+    assert isinstance(model[1], FrozenBatchNorm2d) and isinstance(model[2][1], FrozenBatchNorm2d)
+    torch.testing.assert_close(model.train()(x), expected)  # frozen: train mode uses the stored statistics

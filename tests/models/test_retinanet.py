@@ -9,24 +9,12 @@ import torch
 from torchvision.models.detection import retinanet_resnet50_fpn
 from torchvision.models.detection._utils import BoxCoder
 from torchvision.ops import sigmoid_focal_loss as tv_sigmoid_focal_loss
-from torchvision.ops.misc import FrozenBatchNorm2d
 
+from umop.integrations.torchvision import freeze_batchnorm
 from umop.models import DeltaXYWHBoxCoder, build_detector, load_torchvision_retinanet_weights
 from umop.models.retinanet import RetinaNet
 
 NUM_CLASSES = 3
-
-
-def _freeze_batchnorm(module: torch.nn.Module) -> None:
-    """BatchNorm2d -> torchvision FrozenBatchNorm2d (what torchvision uses with a pretrained backbone)."""
-    for name, child in module.named_children():
-        if isinstance(child, torch.nn.BatchNorm2d):
-            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
-            for key in ("weight", "bias", "running_mean", "running_var"):
-                getattr(frozen, key).copy_(getattr(child, key).detach())
-            setattr(module, name, frozen)
-        else:
-            _freeze_batchnorm(child)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +38,7 @@ def parity_models():
         tv.head.classification_head.cls_logits.weight.mul_(0.003)
         tv.head.classification_head.cls_logits.bias.fill_(-2.5)
         tv.head.regression_head.bbox_reg.weight.mul_(0.003)
-    _freeze_batchnorm(tv)
+    freeze_batchnorm(tv)
     # No resizing: the model sees the images as they are (umop never resizes).
     tv.transform.resize = lambda image, target=None: (image, target)
     tv.eval()

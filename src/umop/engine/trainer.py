@@ -10,7 +10,6 @@ Example::
 from __future__ import annotations
 
 import json
-import math
 import time
 import warnings
 from collections.abc import Sequence

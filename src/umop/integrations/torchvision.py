@@ -24,9 +24,30 @@ from ..assigners.common import pad_targets
 from ..losses.progressive import progressive_focal_loss
 from ..models.detector import one_hot_targets
 
-__all__ = ["use_progressive_focal_loss"]
+__all__ = ["use_progressive_focal_loss", "freeze_batchnorm"]
 
 _BETWEEN_THRESHOLDS = -2  # torchvision Matcher.BETWEEN_THRESHOLDS (ignored anchors)
+
+
+def freeze_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every ``nn.BatchNorm2d`` of ``module`` (in place) by torchvision's ``FrozenBatchNorm2d`` with the
+    same statistics and affine parameters, and return ``module``.
+
+    torchvision's detection builders do this only when an ImageNet backbone is loaded; with
+    ``weights_backbone=None`` every BN trains. Use it to compare a randomly initialised torchvision detector
+    with umop's (FrozenBN by default) on equal terms.
+    """
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+            for key in ("weight", "bias", "running_mean", "running_var"):
+                getattr(frozen, key).copy_(getattr(child, key).detach())
+            setattr(module, name, frozen)
+        else:
+            freeze_batchnorm(child)
+    return module
 
 
 def _gather_targets(targets: list[dict[str, Tensor]], matched_idxs: list[Tensor], num_classes: int,

@@ -42,7 +42,6 @@ from typing import Sequence
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .focal import (binary_focal_prelude, binary_modulated_terms, binary_violation, last_dim_dots,

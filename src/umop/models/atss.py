@@ -112,6 +112,34 @@ def masked_box_pairs(pred: Tensor, target: Tensor, positive: Tensor) -> tuple[Te
     return torch.where(mask, pred, dummy), torch.where(mask, target.to(pred.dtype), dummy)
 
 
+def centerness_scores(head_outputs: dict[str, Tensor]) -> Tensor:
+    """``sigmoid(cls) * sigmoid(centerness)`` ``(B, A, C)``: the detection score of ATSS and FCOS (FCOS Sec.
+    3.3, mmdetection ``score_factors``)."""
+    return head_outputs["cls_logits"].sigmoid() * head_outputs["centerness"].sigmoid().unsqueeze(-1)
+
+
+def centerness_weighted_losses(decoded: Tensor, target_boxes: Tensor, centerness_target: Tensor,
+                               centerness_logits: Tensor, positive: Tensor, num_positive: Tensor,
+                               box_loss_weight: float, centerness_loss_weight: float,
+                               min_box_normalizer: float) -> dict[str, Tensor]:
+    """ATSS / FCOS box and centerness losses (mmdetection): GIoU of the positives weighted by their centerness
+    target and divided by its sum (averaged over processes, clamped to ``min_box_normalizer``); BCE of the
+    centerness logits over the positives divided by ``num_positive``.
+
+    Args:
+        decoded, target_boxes: ``(B, A, 4)`` predicted and matched boxes (xyxy).
+        centerness_target: ``(B, A)``, 0 at non-positive priors; centerness_logits: ``(B, A)``.
+        positive: ``(B, A)`` bool; num_positive: scalar normaliser.
+    """
+    pred_boxes, target_boxes = masked_box_pairs(decoded, target_boxes, positive)
+    loss_box = giou_loss(pred_boxes, target_boxes, weight=centerness_target, reduction="sum")
+    loss_box = loss_box / mean_over_processes(centerness_target.sum()).clamp(min=min_box_normalizer)
+    loss_centerness = F.binary_cross_entropy_with_logits(
+        centerness_logits, centerness_target, weight=positive.to(centerness_target.dtype), reduction="sum")
+    return {"loss_box": loss_box * box_loss_weight,
+            "loss_centerness": loss_centerness / num_positive * centerness_loss_weight}
+
+
 class ATSSHead(nn.Module):
     """ATSS head (one anchor per location).
 
@@ -210,27 +238,20 @@ class ATSS(OneStageDetector):
         self.centerness_loss_weight = centerness_loss_weight
 
     def predict_scores(self, head_outputs: dict[str, Tensor]) -> Tensor:
-        """``sigmoid(cls) * sigmoid(centerness)`` ``(B, A, C)`` (ATSS / mmdetection ``score_factors``)."""
-        return head_outputs["cls_logits"].sigmoid() * head_outputs["centerness"].sigmoid().unsqueeze(-1)
+        return centerness_scores(head_outputs)
 
     def compute_losses(self, head_outputs: dict[str, Tensor], priors: Tensor, assign_result: AssignResult,
                        gt: PaddedTargets) -> dict[str, Any]:
         cls_logits = head_outputs["cls_logits"]
-        positive = assign_result.positive_mask  # (B, A)
-        positive_f = positive.to(cls_logits.dtype)
-        num_positive = mean_over_processes(positive_f.sum()).clamp(min=1)
+        positive, positive_f, num_positive = self.positives(assign_result, cls_logits.dtype)
         loss_cls, stats = self.classification_loss(cls_logits, assign_result, num_positive)
 
         index = assign_result.matched_gt.clamp(min=0).unsqueeze(-1).expand(-1, -1, 4)
         matched_boxes = torch.gather(gt.boxes, 1, index)  # (B, A, 4)
         decoded = self.box_coder.decode(head_outputs["bbox_regression"], priors.unsqueeze(0))  # (B, A, 4)
         centerness_target = centerness_of_priors(priors, matched_boxes) * positive_f  # (B, A)
-
-        pred_boxes, target_boxes = masked_box_pairs(decoded, matched_boxes, positive)
         # ATSS / mmdetection: GIoU weighted by the centerness target, normalised by its sum (>= 1).
-        loss_box = giou_loss(pred_boxes, target_boxes, weight=centerness_target, reduction="sum")
-        loss_box = loss_box / mean_over_processes(centerness_target.sum()).clamp(min=1) * self.box_loss_weight
-        loss_centerness = F.binary_cross_entropy_with_logits(
-            head_outputs["centerness"], centerness_target, weight=positive_f, reduction="sum") / num_positive
-        return {"loss_cls": loss_cls, "loss_box": loss_box,
-                "loss_centerness": loss_centerness * self.centerness_loss_weight, "stats": stats}
+        losses = centerness_weighted_losses(decoded, matched_boxes, centerness_target, head_outputs["centerness"],
+                                            positive, num_positive, self.box_loss_weight,
+                                            self.centerness_loss_weight, min_box_normalizer=1.0)
+        return {"loss_cls": loss_cls, **losses, "stats": stats}

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
 from ..assigners.common import AssignResult, PaddedTargets, pad_targets, validate_targets
-from ..losses.progressive import level_index_for
+from ..losses.progressive import level_index_for, level_matrix_for
 from .backbone import feature_size
 
 __all__ = ["OneStageDetector", "CLS_LOSSES", "one_hot_targets"]
@@ -236,8 +236,15 @@ class OneStageDetector(nn.Module):
     def level_counts(self, mask: Tensor, num_priors_per_level: Sequence[int]) -> Tensor:
         """``(L,)`` float: number of True entries of ``mask (B, A)`` per level, summed over the batch."""
         per_prior = mask.sum(dim=0, dtype=torch.float32)  # (A,)
-        level = self.level_index(num_priors_per_level, mask.device)
-        return torch.zeros(len(num_priors_per_level), device=mask.device).index_add_(0, level, per_prior)
+        return per_prior @ level_matrix_for(num_priors_per_level, mask.device, torch.float32)
+
+    @staticmethod
+    def positives(assign_result: AssignResult, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+        """``(positive (B, A) bool, positive as dtype, normaliser)``: the normaliser is the batch's positive
+        count averaged over processes (mmdetection ``reduce_mean``) and clamped to >= 1."""
+        positive = assign_result.positive_mask
+        positive_f = positive.to(dtype)
+        return positive, positive_f, mean_over_processes(positive_f.sum()).clamp(min=1)
 
     def classification_loss(
         self,
@@ -272,8 +279,10 @@ class OneStageDetector(nn.Module):
         if self.cls_loss == "focal":
             from ..losses.focal import sigmoid_focal_loss
 
-            loss = sigmoid_focal_loss(cls_logits, targets, alpha=self.alpha, gamma=self.gamma, reduction="sum", weight=weight)
-            return loss / normalizer, stats
+            # the normaliser folded into the weight: the fused backward then needs no extra (B, A, C) product
+            loss = sigmoid_focal_loss(cls_logits, targets, alpha=self.alpha, gamma=self.gamma, reduction="sum",
+                                      weight=weight / normalizer)
+            return loss, stats
         from ..losses.progressive import progressive_focal_loss
 
         loss, pfl_stats = progressive_focal_loss(

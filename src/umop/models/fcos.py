@@ -28,11 +28,11 @@ from torch import Tensor, nn
 
 from ..assigners.common import AssignResult, PaddedTargets
 from ..assigners.fcos import FCOS_REGRESS_RANGES, FCOSAssigner
-from ..losses.iou import giou_loss
 from .anchors import PointGenerator
-from .atss import NormLayer, Scale, conv_tower, flatten_level, group_norm, masked_box_pairs, prediction_conv, prior_bias
+from .atss import (NormLayer, Scale, centerness_scores, centerness_weighted_losses, conv_tower, flatten_level,
+                   group_norm, prediction_conv, prior_bias)
 from .box_coder import DistancePointCoder
-from .detector import OneStageDetector, mean_over_processes
+from .detector import OneStageDetector
 
 __all__ = ["FCOS", "FCOSHead"]
 
@@ -137,23 +137,19 @@ class FCOS(OneStageDetector):
         self.centerness_loss_weight = centerness_loss_weight
 
     def predict_scores(self, head_outputs: dict[str, Tensor]) -> Tensor:
-        """``sigmoid(cls) * sigmoid(centerness)`` ``(B, A, C)`` (FCOS Sec. 3.3)."""
-        return head_outputs["cls_logits"].sigmoid() * head_outputs["centerness"].sigmoid().unsqueeze(-1)
+        return centerness_scores(head_outputs)
 
     def compute_losses(self, head_outputs: dict[str, Tensor], priors: Tensor, assign_result: AssignResult,
                        gt: PaddedTargets) -> dict[str, Any]:
         cls_logits = head_outputs["cls_logits"]
-        positive = assign_result.positive_mask  # (B, A)
-        positive_f = positive.to(cls_logits.dtype)
-        num_positive = mean_over_processes(positive_f.sum()).clamp(min=1)
+        positive, positive_f, num_positive = self.positives(assign_result, cls_logits.dtype)
         loss_cls, stats = self.classification_loss(cls_logits, assign_result, num_positive)
 
         centerness_target = assign_result.extras["centerness"].to(cls_logits.dtype) * positive_f  # (B, A)
         decoded = self.box_coder.decode(head_outputs["bbox_regression"], priors.unsqueeze(0))  # (B, A, 4)
-        pred_boxes, target_boxes = masked_box_pairs(decoded, assign_result.extras["bbox_targets"], positive)
-        loss_box = giou_loss(pred_boxes, target_boxes, weight=centerness_target, reduction="sum")
-        loss_box = loss_box / mean_over_processes(centerness_target.sum()).clamp(min=1e-6) * self.box_loss_weight
-        loss_centerness = F.binary_cross_entropy_with_logits(
-            head_outputs["centerness"], centerness_target, weight=positive_f, reduction="sum") / num_positive
-        return {"loss_cls": loss_cls, "loss_box": loss_box,
-                "loss_centerness": loss_centerness * self.centerness_loss_weight, "stats": stats}
+        # FCOS / mmdetection: the box normaliser (sum of centerness targets) is clamped to 1e-6, not 1
+        losses = centerness_weighted_losses(decoded, assign_result.extras["bbox_targets"], centerness_target,
+                                            head_outputs["centerness"], positive, num_positive,
+                                            self.box_loss_weight, self.centerness_loss_weight,
+                                            min_box_normalizer=1e-6)
+        return {"loss_cls": loss_cls, **losses, "stats": stats}

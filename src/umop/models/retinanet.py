@@ -21,7 +21,7 @@ from ..assigners.common import AssignResult, PaddedTargets
 from ..assigners.max_iou import MaxIoUAssigner
 from .anchors import AnchorGenerator, retinanet_anchor_generator
 from .box_coder import DeltaXYWHBoxCoder
-from .detector import OneStageDetector, mean_over_processes
+from .detector import OneStageDetector
 
 __all__ = ["RetinaNet", "RetinaNetHead", "RetinaNetClassificationHead", "RetinaNetRegressionHead",
            "load_torchvision_retinanet_weights", "BOX_LOSSES"]
@@ -151,8 +151,7 @@ class RetinaNet(OneStageDetector):
 
     def compute_losses(self, head_outputs: dict[str, Tensor], priors: Tensor, assign_result: AssignResult,
                        gt: PaddedTargets) -> dict[str, Any]:
-        positive = assign_result.positive_mask  # (B, A)
-        normalizer = mean_over_processes(positive.sum().to(head_outputs["cls_logits"].dtype)).clamp(min=1)
+        positive, _, normalizer = self.positives(assign_result, head_outputs["cls_logits"].dtype)
         loss_cls, stats = self.classification_loss(head_outputs["cls_logits"], assign_result, normalizer)
 
         # Dense, masked box loss (no boolean indexing -> no host sync). Non-positive priors regress onto

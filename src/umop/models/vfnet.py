@@ -217,9 +217,7 @@ class VFNet(OneStageDetector):
     def compute_losses(self, head_outputs: dict[str, Tensor], priors: Tensor, assign_result: AssignResult,
                        gt: PaddedTargets) -> dict[str, Any]:
         cls_logits = head_outputs["cls_logits"]
-        positive = assign_result.positive_mask  # (B, A)
-        positive_f = positive.to(cls_logits.dtype)
-        num_positive = mean_over_processes(positive_f.sum()).clamp(min=1)
+        positive, positive_f, num_positive = self.positives(assign_result, cls_logits.dtype)
 
         index = assign_result.matched_gt.clamp(min=0).unsqueeze(-1).expand(-1, -1, 4)
         matched_boxes = torch.gather(gt.boxes, 1, index)  # (B, A, 4)
