@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
+from timing import interleaved_times
 from umop.models.deform import deform_conv2d
 
 SHAPES = [(2, 64, 30, 40, 64), (2, 32, 100, 167, 32)]  # (B, C, H, W, C_out)
@@ -30,17 +30,11 @@ def main() -> None:
         x = torch.randn(batch, channels, height, width, generator=generator).to(device).requires_grad_(True)
         offset = (torch.randn(batch, 18, height, width, generator=generator) * 2).to(device).requires_grad_(True)
         weight = torch.randn(out_channels, channels, 3, 3, generator=generator).to(device).requires_grad_(True)
-        times: dict[str, list[float]] = {"torchvision": [], "sampling": []}
-        for repeat in range(args.repeats + 1):
-            for implementation in times:
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                start = time.perf_counter()
-                deform_conv2d(x, offset, weight, implementation=implementation).square().sum().backward()
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                if repeat:  # the first round warms up
-                    times[implementation].append(time.perf_counter() - start)
+        def forward_backward(implementation: str):
+            return lambda: deform_conv2d(x, offset, weight, implementation=implementation).square().sum().backward()
+
+        times = interleaved_times({name: forward_backward(name) for name in ("torchvision", "sampling")},
+                                  repeats=args.repeats, warmup=1, device=device)
         median = {name: statistics.median(values) for name, values in times.items()}
         print(f"{batch}x{channels}x{height}x{width} -> {out_channels}: torchvision {median['torchvision'] * 1e3:.1f} ms, "
               f"umop sampling {median['sampling'] * 1e3:.1f} ms, torchvision / umop = "

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 import torchvision
 
+from timing import interleaved_times
 from umop.losses import progressive_focal_loss, sigmoid_focal_loss
 
 
@@ -60,19 +60,13 @@ def main() -> None:
     def run_pfl(x):
         return progressive_focal_loss(x, targets, num_anchors_per_level, weight=weight, normalizer=normalizer)
 
+    def forward_backward(loss_fn):
+        return lambda: loss_fn(logits.detach().requires_grad_(True)).backward()
+
     candidates = {"torchvision focal": run_torchvision, "umop focal": run_umop_focal, "umop PFL": run_pfl}
-    times: dict[str, list[float]] = {name: [] for name in candidates}
-    for repeat in range(args.repeats + 2):
-        for name, fn in candidates.items():
-            x = logits.detach().requires_grad_(True)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            fn(x).backward()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            if repeat >= 2:  # the first two rounds warm up the allocator and caches
-                times[name].append(time.perf_counter() - start)
+    # the first two rounds warm up the allocator and caches
+    times = interleaved_times({name: forward_backward(fn) for name, fn in candidates.items()},
+                              repeats=args.repeats, warmup=2, device=device)
     median = {name: statistics.median(values) for name, values in times.items()}
     for name, value in median.items():
         print(f"{name:>18}: {value * 1e3:8.1f} ms (median of {args.repeats}, forward + backward)")

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 from torchvision.models.detection import retinanet_resnet50_fpn
 
+from timing import interleaved_times, timed
 from umop.integrations.torchvision import freeze_batchnorm
 from umop.models import build_detector, load_torchvision_retinanet_weights
 
@@ -48,15 +48,12 @@ def make_batch(size: int, num_classes: int, device: torch.device, boxes_per_imag
 
 
 def step(model: torch.nn.Module, images, targets, device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    losses = model(images, targets)
-    total = sum(value for key, value in losses.items() if key != "stats")  # umop: loss_*; torchvision: 2 keys
-    total.backward()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - start
+    def forward_backward() -> None:
+        losses = model(images, targets)
+        total = sum(value for key, value in losses.items() if key != "stats")  # umop: loss_*; torchvision: 2 keys
+        total.backward()
+
+    elapsed = timed(forward_backward, device)
     model.zero_grad(set_to_none=True)
     return elapsed
 
@@ -83,18 +80,7 @@ def loss_path_times(umop_model, tv, images, targets, device: torch.device, repea
         losses = tv.compute_loss(tv_targets, outputs, tv_anchors)
         (losses["classification"] + losses["bbox_regression"]).backward()
 
-    times = {"umop": [], "torchvision": []}
-    for repeat in range(repeats + 1):
-        for name, fn in (("umop", run_umop), ("torchvision", run_tv)):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            if repeat:  # the first round is a warm-up
-                times[name].append(time.perf_counter() - start)
-    return times
+    return interleaved_times({"umop": run_umop, "torchvision": run_tv}, repeats=repeats, warmup=1, device=device)
 
 
 def main() -> None:
