@@ -9,8 +9,9 @@ Speed: the common case (gradient needed for ``logits`` only) runs through ``Foca
 and keeps only the gradient for backward; binary targets take a short form that works in three buffers
 in place (``binary_focal_prelude`` / ``binary_modulated_terms``) and, for a summed loss, applies the alpha
 factor and row weights to per-row sums. It is about 5x faster than ``torchvision.ops.sigmoid_focal_loss``
-on CPU (``benchmarks/loss_speed.py``). When ``targets``, ``alpha``, ``gamma`` or ``weight`` require gradients, the plain autograd path
-(``focal_loss_reference``) is used instead, so every input still gets its correct gradient.
+on CPU (``benchmarks/loss_speed.py``). When ``targets``, ``alpha``, ``gamma`` or ``weight`` require
+gradients, the plain autograd path (``focal_loss_reference``) is used instead, so every input still gets its
+correct gradient.
 """
 from __future__ import annotations
 

@@ -231,6 +231,7 @@ def progressive_focal_loss(logits: Tensor, targets: Tensor, num_anchors_per_leve
     _validate(logits, targets, num_anchors_per_level, gamma, delta, estimator, level_reduction, weight)
     w = BASE_ALPHA * gamma if w is None else float(w)
     level_index = level_index_for(num_anchors_per_level, logits.device)
+    level_matrix = level_matrix_for(num_anchors_per_level, logits.device, logits.dtype)
     num_levels = len(num_anchors_per_level)
     if normalizer is None:
         normalizer = 1.0
@@ -251,14 +252,14 @@ def progressive_focal_loss(logits: Tensor, targets: Tensor, num_anchors_per_leve
     one_hot_rows = (positives_per_anchor.device.type == "cpu" and positives_per_anchor.numel() > 0
                     and bool(positives_per_anchor.max() <= 1))
     total, level_loss, stats = ProgressiveFocalLossFunction.apply(
-        logits, targets, level_index, level_matrix_for(num_anchors_per_level, logits.device, logits.dtype),
+        logits, targets, level_index, level_matrix,
         num_levels, gamma, delta, w, estimator, level_reduction, valid_mask,
         weight, normalizer, sync, positives_per_anchor, one_hot_rows)
     if not return_stats:
         return total
     num_valid_anchors = (valid_mask.sum(0) if valid_mask is not None
                          else logits.new_full((logits.shape[1],), logits.shape[0]))
-    num_valid = logits.new_zeros(num_levels).index_add_(0, level_index, num_valid_anchors) * logits.shape[2]
+    num_valid = (num_valid_anchors @ level_matrix) * logits.shape[2]
     return total, {"gamma_ad": stats[0], "alpha_ad": stats[1], "num_positive": stats[2],
                    "num_valid": num_valid, "loss": level_loss}
 
