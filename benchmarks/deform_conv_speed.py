@@ -36,7 +36,8 @@ def main() -> None:
         times = interleaved_times({name: forward_backward(name) for name in ("torchvision", "sampling")},
                                   repeats=args.repeats, warmup=1, device=device)
         median = {name: statistics.median(values) for name, values in times.items()}
-        print(f"{batch}x{channels}x{height}x{width} -> {out_channels}: torchvision {median['torchvision'] * 1e3:.1f} ms, "
+        shape = f"{batch}x{channels}x{height}x{width} -> {out_channels}"
+        print(f"{shape}: torchvision {median['torchvision'] * 1e3:.1f} ms, "
               f"umop sampling {median['sampling'] * 1e3:.1f} ms, torchvision / umop = "
               f"{median['torchvision'] / median['sampling']:.2f}")
 

@@ -10,8 +10,9 @@ mmdetection's ``vfnet_r50_fpn_1x_coco``.
   mid-points and 4 corners of the box) give the offsets of a 3x3 deformable convolution
   (``torchvision.ops.deform_conv2d``, or on CPU the equal and ~8x faster bilinear-sampling form of
   :mod:`umop.models.deform`; ``deform_conv_impl``) on both towers; the refined box is
-  ``exp(scale'_l * x') * initial box`` (the initial box detached) and the IoU-aware classification score comes from the deformable features;
-  the gradient reaching the initial box through the offsets is scaled by ``gradient_mul = 0.1``;
+  ``exp(scale'_l * x') * initial box`` (the initial box detached) and the IoU-aware classification score
+  comes from the deformable features; the gradient reaching the initial box through the offsets is scaled
+  by ``gradient_mul = 0.1``;
 - losses: varifocal loss (alpha 0.75, gamma 2; VFNet Eq. 2) with target ``q = IoU(refined box, gt)`` for the
   gt class of a positive, divided by the number of positives; GIoU on the initial box (weight 1.5) and the
   refined box (weight 2.0), each weighted by the (detached) IoU of that box with its gt and divided by the
@@ -109,7 +110,8 @@ class VFNetHead(nn.Module):
                  deform_conv_impl: str = "auto") -> None:
         super().__init__()
         if deform_conv_impl not in DEFORM_IMPLEMENTATIONS:
-            raise ValueError(f"deform_conv_impl must be one of {DEFORM_IMPLEMENTATIONS}, got {deform_conv_impl!r}")
+            raise ValueError(f"deform_conv_impl must be one of {DEFORM_IMPLEMENTATIONS}, "
+                             f"got {deform_conv_impl!r}")
         self.deform_conv_impl = deform_conv_impl
         feat_channels = feat_channels or in_channels
         self.strides = [int(s) for s in strides]
