@@ -74,7 +74,8 @@ def test_losses_hand_checked(model):
     target = torch.sqrt(torch.minimum(l, r) / torch.maximum(l, r) * torch.minimum(t, b) / torch.maximum(t, b))
     pos0 = positive[0]
     expected = F.binary_cross_entropy_with_logits(centerness_logits[0][pos0], target[pos0], reduction="sum")
-    torch.testing.assert_close(losses["loss_centerness"], expected / pos0.sum())
+    # avg_factor = sum over images of max(pos_i, 1) (mmdetection ATSSHead): the background-only image adds 1
+    torch.testing.assert_close(losses["loss_centerness"], expected / (pos0.sum() + 1))
     # shifted deltas give a positive box loss, weighted x2 (ATSS GIoU weight)
     shifted = deltas.clone()
     shifted[..., 0] += 2.0  # dx / std 0.1 -> centre moves 0.2 anchor widths
@@ -86,10 +87,11 @@ def test_losses_hand_checked(model):
     assert torch.isfinite(zero["loss_cls"])
 
 
-def test_predict_scores_fold_in_centerness(model):
+def test_scores_and_centerness_factors(model):
+    """The threshold / top-k see sigmoid(cls) alone; sigmoid(centerness) is the score factor (mmdetection)."""
     outputs = {"cls_logits": torch.tensor([[[0.0, 2.0]]]), "centerness": torch.tensor([[-1.0]])}
-    expected = torch.sigmoid(torch.tensor([0.0, 2.0])) * torch.sigmoid(torch.tensor(-1.0))
-    torch.testing.assert_close(model.predict_scores(outputs)[0, 0], expected)
+    torch.testing.assert_close(model.predict_scores(outputs)[0, 0], torch.sigmoid(torch.tensor([0.0, 2.0])))
+    torch.testing.assert_close(model.score_factors(outputs)[0, 0], torch.sigmoid(torch.tensor(-1.0)))
 
 
 def test_bad_targets_name_the_image(model):

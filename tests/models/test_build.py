@@ -30,8 +30,8 @@ def test_retinanet_options_pass_through():
     assert model.box_loss == "giou" and model.score_thresh == 0.1
     assert model.backbone.out_channels == 64
     assert model.head.classification_head.cls_logits.out_channels == 9 * 5
-    # mmdetection 1x inference defaults
-    assert (model.nms_thresh, model.detections_per_img, model.topk_candidates) == (0.6, 100, 1000)
+    # mmdetection 1x inference defaults (RetinaNet's NMS IoU 0.5, also torchvision's)
+    assert (model.nms_thresh, model.detections_per_img, model.topk_candidates) == (0.5, 100, 1000)
 
 
 def test_backbone_module_is_used_as_given():

@@ -98,8 +98,11 @@ def test_training_step_and_eval(name, cls_loss):
         detections = model(images)
     assert isinstance(detections, list) and len(detections) == 2
     for det, image in zip(detections, images):
-        assert set(det) == {"boxes", "scores", "labels"}
+        assert set(det) == {"boxes", "scores", "labels", "levels"}
         k = det["boxes"].shape[0]
+        assert det["levels"].shape == (k,) and det["levels"].dtype == torch.long
+        assert ((det["levels"] >= 0) & (det["levels"] < 5)).all()
+        assert ((det["boxes"][:, 2] > det["boxes"][:, 0]) & (det["boxes"][:, 3] > det["boxes"][:, 1])).all()
         assert 0 < k <= 100 and det["boxes"].shape == (k, 4) and det["scores"].shape == (k,)
         assert det["labels"].shape == (k,) and det["labels"].dtype == torch.long
         assert ((det["labels"] >= 0) & (det["labels"] < 3)).all()

@@ -58,7 +58,8 @@ def test_star_offset_gradient_is_scaled():
 
 
 def test_reg_denoms():
-    assert vfnet_reg_denoms() == [31.5, 96.0, 192.0, 384.0, 768.0]
+    """mmdetection VFNetHead: the upper end of each regress range, the last one twice the previous."""
+    assert vfnet_reg_denoms() == [64.0, 128.0, 256.0, 512.0, 1024.0]
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +87,7 @@ def test_head_outputs_and_refinement(model):
     # at initialisation the refinement factor exp(~0) ~ 1 and the initial box ~ reg_denom of the level
     ratio = out["bbox_regression"] / out["bbox_init"]
     assert torch.allclose(ratio, torch.ones_like(ratio), atol=0.2)
-    assert out["bbox_init"][:, :64].mean().item() == pytest.approx(31.5, rel=0.2)
+    assert out["bbox_init"][:, :64].mean().item() == pytest.approx(64.0, rel=0.2)
 
 
 def test_deform_conv_implementations_give_the_same_head_outputs_and_gradients(model):

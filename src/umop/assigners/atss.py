@@ -11,16 +11,22 @@ Selection", CVPR 2020, Sec. 3.2 and Algorithm 1. For every ground-truth box ``g`
    distance ``> 0.01``, mmdetection's margin);
 4. an anchor that is positive for several boxes takes the one of highest IoU.
 
+Priors outside their image's own padded size (``prior_valid`` False, mmdetection's valid flags) are left out
+of step 1 (mmdetection passes ATSS only the valid anchors, so a level may offer fewer than ``topk``), and so
+of the mean and std of step 2; they are labelled ``-1`` (ignored, loss weight 0).
+
 Everything is computed on ``(B, A_l, M)`` tensors: one ``topk`` per level (a loop over the 5 levels), no loop
 over images or anchors and no host synchronisation.
 """
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor
 
-from .common import AssignResult, PaddedTargets, box_iou_batched
+from .common import AssignResult, PaddedTargets, box_iou_batched, check_prior_valid
 
 __all__ = ["ATSSAssigner"]
 
@@ -44,15 +50,17 @@ class ATSSAssigner:
         self.topk = topk
         self.center_margin = center_margin
 
-    def __call__(self, anchors: Tensor, num_anchors_per_level: list[int], gt: PaddedTargets) -> AssignResult:
+    def __call__(self, anchors: Tensor, num_anchors_per_level: list[int], gt: PaddedTargets, *,
+                 prior_valid: Optional[Tensor] = None) -> AssignResult:
         """Assign ``anchors (A, 4)`` xyxy (shared by the batch) to the padded gt.
 
         Args:
             anchors: ``(A, 4)``, all levels concatenated in level order.
             num_anchors_per_level: ``A_l`` per level, summing to ``A``.
             gt: ``PaddedTargets`` with boxes ``(B, M, 4)``, labels ``(B, M)``, mask ``(B, M)``.
+            prior_valid: optional ``(B, A)`` bool, False for the anchors outside their image.
         Returns:
-            :class:`AssignResult`: labels / matched_gt / ious ``(B, A)``; no ignored anchors.
+            :class:`AssignResult`: labels / matched_gt / ious ``(B, A)``; only invalid anchors are ignored (-1).
         """
         gt_boxes, gt_labels, gt_mask = gt
         if anchors.ndim != 2 or anchors.shape[-1] != 4:
@@ -60,6 +68,7 @@ class ATSSAssigner:
         if sum(num_anchors_per_level) != anchors.shape[0]:
             raise ValueError(f"num_anchors_per_level {list(num_anchors_per_level)} sums to "
                              f"{sum(num_anchors_per_level)}, but anchors has {anchors.shape[0]} rows")
+        check_prior_valid(prior_valid, gt_boxes.shape[0], anchors.shape[0])
         anchors = anchors.to(gt_boxes.dtype)
         overlaps = box_iou_batched(anchors, gt_boxes)  # (B, A, M)
 
@@ -76,6 +85,8 @@ class ATSSAssigner:
             # squared L2 distance (same order as the distance itself), exact unlike cdist's matmul path
             offsets = level_centres[None, :, None, :] - gt_centres[:, None, :, :]  # (B, A_l, M, 2)
             distances = offsets.pow(2).sum(dim=-1)  # (B, A_l, M)
+            if prior_valid is not None:  # invalid anchors last; dropped below when they are picked
+                distances = distances.masked_fill(~prior_valid[:, start:start + count, None], float("inf"))
             k = min(self.topk, count)
             _, index = distances.topk(k, dim=1, largest=False)  # (B, k, M)
             candidates.append(index + start)
@@ -85,10 +96,20 @@ class ATSSAssigner:
 
         # Step 2: per-gt adaptive IoU threshold = mean + std of the candidates' IoU.
         candidate_ious = torch.gather(overlaps, 1, candidate_index)  # (B, K, M)
-        threshold = candidate_ious.mean(dim=1, keepdim=True)
-        if num_candidates > 1:
-            threshold = threshold + candidate_ious.std(dim=1, keepdim=True)  # unbiased, as torch.std
-        is_positive = candidate_ious >= threshold  # (B, K, M)
+        if prior_valid is None:
+            threshold = candidate_ious.mean(dim=1, keepdim=True)
+            if num_candidates > 1:
+                threshold = threshold + candidate_ious.std(dim=1, keepdim=True)  # unbiased, as torch.std
+            is_positive = candidate_ious >= threshold  # (B, K, M)
+        else:
+            # mean + unbiased std over each (image, gt)'s valid candidates only
+            candidate_valid = torch.gather(prior_valid[:, :, None].expand_as(overlaps), 1, candidate_index)
+            weight = candidate_valid.to(candidate_ious.dtype)
+            count = weight.sum(dim=1, keepdim=True)  # (B, 1, M)
+            mean = (candidate_ious * weight).sum(dim=1, keepdim=True) / count.clamp(min=1)
+            variance = ((candidate_ious - mean).pow(2) * weight).sum(dim=1, keepdim=True) / (count - 1).clamp(min=1)
+            threshold = mean + variance.sqrt()
+            is_positive = (candidate_ious >= threshold) & candidate_valid
 
         # Step 3: the candidate's centre must lie inside the gt box.
         cx = anchor_centres[:, 0][candidate_index]  # (B, K, M)
@@ -107,4 +128,7 @@ class ATSSAssigner:
         labels = torch.where(positive, matched_labels, torch.full_like(matched_labels, self.num_classes))
         matched_gt = torch.where(positive, best_gt, torch.full_like(best_gt, -1))
         ious = torch.where(positive, best_iou, torch.zeros_like(best_iou))
-        return AssignResult(labels, matched_gt, ious, list(num_anchors_per_level), self.num_classes)
+        if prior_valid is not None:
+            labels = torch.where(prior_valid, labels, torch.full_like(labels, -1))
+        return AssignResult(labels, matched_gt, ious, list(num_anchors_per_level), self.num_classes,
+                            prior_valid=prior_valid)

@@ -8,7 +8,8 @@ from typing import Mapping, NamedTuple, Optional, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["AssignResult", "PaddedTargets", "pad_targets", "validate_targets", "box_iou_batched"]
+__all__ = ["AssignResult", "PaddedTargets", "pad_targets", "validate_targets", "box_iou_batched",
+           "check_prior_valid"]
 
 
 class PaddedTargets(NamedTuple):
@@ -32,6 +33,9 @@ class AssignResult:
     ious: ``(B, A)`` float IoU of each prior with its matched gt (0 where none / not meaningful).
     num_anchors_per_level: anchors (priors) per level, summing to ``A``.
     extras: assigner-specific tensors (e.g. FCOS centerness targets), keyed by name.
+    prior_valid: ``(B, A)`` bool, the priors inside their image's own padded size (mmdetection's valid
+        flags; the others are labelled ``-1``), or ``None`` when every prior of the batch counts (FCOS, or
+        an assignment made without image sizes).
     """
 
     labels: Tensor
@@ -40,6 +44,7 @@ class AssignResult:
     num_anchors_per_level: list[int]
     num_classes: int
     extras: dict[str, Tensor] = field(default_factory=dict)
+    prior_valid: Optional[Tensor] = None
 
     @property
     def positive_mask(self) -> Tensor:
@@ -50,6 +55,15 @@ class AssignResult:
     def valid_mask(self) -> Tensor:
         """``(B, A)`` bool: prior not ignored (positive or background)."""
         return self.labels >= 0
+
+
+def check_prior_valid(prior_valid: Optional[Tensor], batch: int, num_priors: int) -> None:
+    """``ValueError`` unless ``prior_valid`` is ``None`` or a ``(B, A)`` bool tensor."""
+    if prior_valid is None:
+        return
+    if prior_valid.dtype != torch.bool or tuple(prior_valid.shape) != (batch, num_priors):
+        raise ValueError(f"prior_valid must be a ({batch}, {num_priors}) bool tensor, got "
+                         f"{tuple(prior_valid.shape)} {prior_valid.dtype}")
 
 
 def validate_targets(targets: Sequence[Mapping[str, Tensor]], num_classes: Optional[int] = None) -> None:

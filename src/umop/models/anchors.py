@@ -24,7 +24,7 @@ class AnchorGenerator(nn.Module):
         aspect_ratios: per level, the aspect ratios h / w.
         strides: per level, the stride in pixels (nominal: 8, 16, 32, 64, 128).
         round_base: round the zero-centred base anchors to integers (torchvision does).
-        offset: anchor centre at ``(i + offset) * stride`` (0 in torchvision and mmdetection v2).
+        offset: anchor centre at ``(i + offset) * stride`` (0 in torchvision and mmdetection).
 
     Order of the anchors at a location: ratio-major, size-minor (torchvision / mmdetection).
     """
@@ -86,6 +86,34 @@ class AnchorGenerator(nn.Module):
             self._cache.clear()
         self._cache[key] = result
         return result
+
+    def valid_flags(self, feature_sizes: Sequence[tuple[int, int]], pad_sizes: Sequence[tuple[int, int]],
+                    device: torch.device | str = "cpu") -> Tensor:
+        """``(B, A)`` bool: the priors that lie inside each image's own padded size (mmdetection
+        ``AnchorGenerator.valid_flags`` / ``MlvlPointGenerator.valid_flags``, the same rule for both).
+
+        On level ``l`` (stride ``s``, feature map ``H_l x W_l``) the prior of row ``r``, column ``c`` is valid
+        for image ``i`` when ``r < min(ceil(h_i / s), H_l)`` and ``c < min(ceil(w_i / s), W_l)``, where
+        ``(h_i, w_i)`` = ``pad_sizes[i]`` is the image's size padded to the size divisor (mmdetection's
+        ``pad_shape``), not the batch's. All the anchors of a valid location are valid (no border test:
+        ``allowed_border = -1`` in mmdetection's RetinaNet / ATSS / VFNet configs).
+
+        Args:
+            feature_sizes: ``(H_l, W_l)`` per level (those given to :meth:`forward`).
+            pad_sizes: ``(h_i, w_i)`` per image.
+        """
+        if len(feature_sizes) != len(self.strides):
+            raise ValueError(f"feature_sizes: expected {len(self.strides)} levels, got {len(feature_sizes)}")
+        sizes = torch.as_tensor([[int(h), int(w)] for h, w in pad_sizes], dtype=torch.long, device=device)  # (B, 2)
+        flags = []
+        for (height, width), stride in zip(feature_sizes, self.strides):
+            limit_h = torch.div(sizes[:, 0] + stride - 1, stride, rounding_mode="floor").clamp(max=int(height))
+            limit_w = torch.div(sizes[:, 1] + stride - 1, stride, rounding_mode="floor").clamp(max=int(width))
+            rows = torch.arange(int(height), device=device)
+            cols = torch.arange(int(width), device=device)
+            inside = (rows[None, :, None] < limit_h[:, None, None]) & (cols[None, None, :] < limit_w[:, None, None])
+            flags.append(inside[..., None].expand(-1, -1, -1, self.num_priors_per_location).reshape(len(sizes), -1))
+        return torch.cat(flags, dim=1)
 
 
 class PointGenerator(AnchorGenerator):

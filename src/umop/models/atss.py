@@ -10,9 +10,13 @@ Sample Selection", CVPR 2020), as mmdetection's ``atss_r50_fpn_1x_coco``.
   and trained with the GIoU loss (weight 2.0), weighted per positive by its centerness target and divided by
   the batch's sum of centerness targets (clamped to >= 1);
 - centerness: binary cross-entropy against the FCOS centerness (FCOS Eq. 3) of the anchor centre in its gt,
-  divided by the number of positives;
-- classification: ``cls_loss`` of the base class (focal / pfl / pfl_mean), divided by the number of positives;
-- inference score = ``sigmoid(cls) * sigmoid(centerness)`` (mmdetection ``score_factors``).
+  divided by ``avg_factor = sum_i max(pos_i, 1)`` over the images (mmdetection ``ATSSHead``);
+- classification: ``cls_loss`` of the base class (focal / pfl / pfl_mean), divided by the same ``avg_factor``;
+- anchors outside their image's own padded size are invalid (mmdetection's valid flags): left out of the
+  ATSS candidates, loss weight 0, not counted in the level statistics;
+- inference (mmdetection ``test_cfg``): score threshold 0.05 and per-level top-1000 on ``sigmoid(cls)``
+  alone, then the score ``sigmoid(cls) * sigmoid(centerness)`` (``score_factors``) for NMS (IoU 0.6) and
+  the final ranking.
 
 This module also holds the head building blocks shared with FCOS and VFNet (:class:`Scale`,
 :func:`group_norm`, :func:`conv_tower`, :func:`flatten_level`).
@@ -36,7 +40,7 @@ from .box_coder import DeltaXYWHBoxCoder
 from .detector import OneStageDetector, mean_over_processes
 
 __all__ = ["ATSS", "ATSSHead", "Scale", "group_norm", "conv_tower", "flatten_level", "masked_box_pairs",
-           "ATSS_TARGET_STDS"]
+           "ATSS_TARGET_STDS", "centerness_score_factors"]
 
 ATSS_TARGET_STDS = (0.1, 0.1, 0.2, 0.2)
 NormLayer = Callable[[int], nn.Module]
@@ -112,10 +116,10 @@ def masked_box_pairs(pred: Tensor, target: Tensor, positive: Tensor) -> tuple[Te
     return torch.where(mask, pred, dummy), torch.where(mask, target.to(pred.dtype), dummy)
 
 
-def centerness_scores(head_outputs: dict[str, Tensor]) -> Tensor:
-    """``sigmoid(cls) * sigmoid(centerness)`` ``(B, A, C)``: the detection score of ATSS and FCOS (FCOS Sec.
-    3.3, mmdetection ``score_factors``)."""
-    return head_outputs["cls_logits"].sigmoid() * head_outputs["centerness"].sigmoid().unsqueeze(-1)
+def centerness_score_factors(head_outputs: dict[str, Tensor]) -> Tensor:
+    """``sigmoid(centerness)`` ``(B, A)``: multiplied into the class scores that pass the score threshold and
+    the pre-NMS top-k (FCOS Sec. 3.3; mmdetection ``score_factors``)."""
+    return head_outputs["centerness"].sigmoid()
 
 
 def centerness_weighted_losses(decoded: Tensor, target_boxes: Tensor, centerness_target: Tensor,
@@ -124,7 +128,7 @@ def centerness_weighted_losses(decoded: Tensor, target_boxes: Tensor, centerness
                                min_box_normalizer: float) -> dict[str, Tensor]:
     """ATSS / FCOS box and centerness losses (mmdetection): GIoU of the positives weighted by their centerness
     target and divided by its sum (averaged over processes, clamped to ``min_box_normalizer``); BCE of the
-    centerness logits over the positives divided by ``num_positive``.
+    centerness logits over the positives divided by ``num_positive`` (the classification ``avg_factor``).
 
     Args:
         decoded, target_boxes: ``(B, A, 4)`` predicted and matched boxes (xyxy).
@@ -207,6 +211,9 @@ class ATSS(OneStageDetector):
     Training returns ``{"loss_cls", "loss_box", "loss_centerness", "stats"}``.
     """
 
+    default_nms_thresh = 0.6
+    clamp_positives_per_image = True
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -237,8 +244,8 @@ class ATSS(OneStageDetector):
         self.box_loss_weight = box_loss_weight
         self.centerness_loss_weight = centerness_loss_weight
 
-    def predict_scores(self, head_outputs: dict[str, Tensor]) -> Tensor:
-        return centerness_scores(head_outputs)
+    def score_factors(self, head_outputs: dict[str, Tensor]) -> Tensor:
+        return centerness_score_factors(head_outputs)
 
     def compute_losses(self, head_outputs: dict[str, Tensor], priors: Tensor, assign_result: AssignResult,
                        gt: PaddedTargets) -> dict[str, Any]:

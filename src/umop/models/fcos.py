@@ -12,7 +12,12 @@ Configuration: mmdetection's ``fcos_r50-caffe_fpn_gn-head-center-normbbox-center
 - losses: classification ``cls_loss`` (focal / pfl / pfl_mean) / number of positives; GIoU loss (weight 1.0)
   on the decoded boxes, weighted by the centerness target and divided by its sum (FCOS repository);
   centerness binary cross-entropy (FCOS Eq. 3 target) / number of positives;
-- inference score = ``sigmoid(cls) * sigmoid(centerness)`` (FCOS Sec. 3.3).
+- no valid flags: mmdetection's ``FCOSHead`` has none, so the points in the padding added for a larger image
+  of the batch are background samples (as there; RetinaNet, ATSS and VFNet leave them out);
+- normaliser ``max(sum of positives, 1)`` averaged over processes (mmdetection ``FCOSHead``);
+- inference (mmdetection ``test_cfg``): score threshold 0.05 and per-level top-1000 on ``sigmoid(cls)``
+  alone, then the score ``sigmoid(cls) * sigmoid(centerness)`` (FCOS Sec. 3.3, ``score_factors``) for NMS
+  (IoU 0.5) and the final ranking.
 
 The plain FCOS of the paper (centerness on the classification branch, ``exp`` distances in pixels, no centre
 sampling) is available through ``centerness_on_reg=False``, ``norm_on_bbox=False``, ``center_sampling=False``.
@@ -29,7 +34,7 @@ from torch import Tensor, nn
 from ..assigners.common import AssignResult, PaddedTargets
 from ..assigners.fcos import FCOS_REGRESS_RANGES, FCOSAssigner
 from .anchors import PointGenerator
-from .atss import (NormLayer, Scale, centerness_scores, centerness_weighted_losses, conv_tower, flatten_level,
+from .atss import (NormLayer, Scale, centerness_score_factors, centerness_weighted_losses, conv_tower, flatten_level,
                    group_norm, prediction_conv, prior_bias)
 from .box_coder import DistancePointCoder
 from .detector import OneStageDetector
@@ -103,6 +108,9 @@ class FCOS(OneStageDetector):
     Training returns ``{"loss_cls", "loss_box", "loss_centerness", "stats"}``.
     """
 
+    default_nms_thresh = 0.5
+    uses_valid_flags = False
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -136,8 +144,8 @@ class FCOS(OneStageDetector):
         self.box_loss_weight = box_loss_weight
         self.centerness_loss_weight = centerness_loss_weight
 
-    def predict_scores(self, head_outputs: dict[str, Tensor]) -> Tensor:
-        return centerness_scores(head_outputs)
+    def score_factors(self, head_outputs: dict[str, Tensor]) -> Tensor:
+        return centerness_score_factors(head_outputs)
 
     def compute_losses(self, head_outputs: dict[str, Tensor], priors: Tensor, assign_result: AssignResult,
                        gt: PaddedTargets) -> dict[str, Any]:

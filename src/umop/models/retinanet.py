@@ -115,9 +115,14 @@ class RetinaNet(OneStageDetector):
         head_num_convs: convs per head tower (4 in the paper).
         **kwargs: :class:`OneStageDetector` options (``cls_loss``, PFL options, inference settings).
 
-    Losses are sums over the batch divided by the batch's number of positive anchors (clamped >= 1), as in
-    mmdetection (torchvision instead averages per-image normalised losses).
+    Losses are sums over the batch divided by ``avg_factor = sum_i max(pos_i, 1)`` over the images (averaged
+    over processes), as mmdetection's ``AnchorHead`` (torchvision instead averages per-image normalised
+    losses). Anchors outside their image's own padded size are ignored (mmdetection's valid flags; label
+    weight 0 and left out of the matching). Inference: mmdetection's / torchvision's NMS IoU 0.5.
     """
+
+    default_nms_thresh = 0.5
+    clamp_positives_per_image = True
 
     def __init__(
         self,

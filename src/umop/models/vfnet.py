@@ -2,11 +2,13 @@
 mmdetection's ``vfnet_r50_fpn_1x_coco``.
 
 - priors: one ``8 * stride`` square anchor per location for the ATSS assignment; the box regression is the
-  distance ``(l, t, r, b)`` from the anchor centre (``(i + 0.5) * stride``, so anchors and points agree);
-- assignment: ATSS (top-9 per level, mean + std IoU threshold, centre inside), :class:`ATSSAssigner`;
+  distance ``(l, t, r, b)`` from the anchor centre ``(i * stride, j * stride)`` (offset 0 for both the ATSS
+  anchors and the box-origin points, mmdetection's ``center_offset=0.0``);
+- assignment: ATSS (top-9 per level, mean + std IoU threshold, centre inside), :class:`ATSSAssigner`; the
+  anchors outside their image's own padded size are left out of it (mmdetection's valid flags);
 - head (VFNet Sec. 4, Fig. 3): 3 x (3x3 conv + GN + ReLU) per branch; an initial box
-  ``exp(scale_l * x) * reg_denom_l`` (``reg_denom`` = middle of the level's FCOS scale range, mmdetection's
-  ``bbox_norm_type="reg_denom"``); from it the 9 *star-shaped* sampling points (the point, the 4 side
+  ``exp(scale_l * x) * reg_denom_l`` (``reg_denom`` = upper end of the level's FCOS scale range, the last
+  one twice the previous: 64, 128, 256, 512, 1024; mmdetection's ``bbox_norm_type="reg_denom"``); from it the 9 *star-shaped* sampling points (the point, the 4 side
   mid-points and 4 corners of the box) give the offsets of a 3x3 deformable convolution
   (``torchvision.ops.deform_conv2d``, or on CPU the equal and ~8x faster bilinear-sampling form of
   :mod:`umop.models.deform`; ``deform_conv_impl``) on both towers; the refined box is
@@ -14,14 +16,18 @@ mmdetection's ``vfnet_r50_fpn_1x_coco``.
   comes from the deformable features; the gradient reaching the initial box through the offsets is scaled
   by ``gradient_mul = 0.1``;
 - losses: varifocal loss (alpha 0.75, gamma 2; VFNet Eq. 2) with target ``q = IoU(refined box, gt)`` for the
-  gt class of a positive, divided by the number of positives; GIoU on the initial box (weight 1.5) and the
-  refined box (weight 2.0), each weighted by the (detached) IoU of that box with its gt and divided by the
-  sum of those weights (clamped >= 1);
+  gt class of a positive, divided by ``max(number of positives, 1)`` (averaged over processes, mmdetection
+  ``VFNetHead``); GIoU on the initial box (weight 1.5) and the refined box (weight 2.0), each weighted by the
+  (detached) IoU of that box with its gt (clamped >= 1e-6) and divided by the sum of those weights (clamped
+  >= 1). As mmdetection's ``VFNetHead``, the varifocal loss takes no label weights: the anchors outside their
+  image count as background there (weight 1); under ``focal`` / ``pfl`` / ``pfl_mean`` they have weight 0 (its
+  ``use_vfl=False`` path passes the label weights). The level statistics count valid anchors only;
 - ``cls_loss``: ``"varifocal"`` (default), or ``"focal"`` / ``"pfl"`` / ``"pfl_mean"``. The latter three use
   *one-hot* (binary) targets: UMOP's PFL estimates gamma_ad from the positives' predicted probability of a
   binary target and is defined for binary targets only (``progressive_focal_loss`` rejects soft targets);
   the IoU-aware soft targets are specific to the varifocal loss;
-- inference: score ``sigmoid(cls)`` (already IoU-aware, no centerness), boxes from the refined distances.
+- inference: score ``sigmoid(cls)`` (already IoU-aware, no centerness), boxes from the refined distances;
+  mmdetection ``test_cfg``: score threshold 0.05, per-level top-1000, NMS IoU 0.6, 100 per image.
 """
 
 from __future__ import annotations
@@ -49,9 +55,9 @@ __all__ = ["VFNet", "VFNetHead", "star_dcn_offset", "vfnet_reg_denoms"]
 
 
 def vfnet_reg_denoms(regress_ranges: Sequence[tuple[float, float]] = FCOS_REGRESS_RANGES) -> list[float]:
-    """Middle of each scale range, the last one twice the previous (mmdetection ``reg_denoms``):
-    ``[31.5, 96, 192, 384, 768]`` for the FCOS ranges."""
-    denoms = [(lo + hi) / 2 for lo, hi in regress_ranges]
+    """Upper end of each scale range, the last one twice the previous (mmdetection ``VFNetHead.reg_denoms``):
+    ``[64, 128, 256, 512, 1024]`` for the FCOS ranges."""
+    denoms = [float(hi) for _, hi in regress_ranges]
     denoms[-1] = denoms[-2] * 2
     return denoms
 
@@ -163,7 +169,7 @@ class VFNet(OneStageDetector):
         num_classes: number of object classes.
         cls_loss: ``"varifocal"`` (default), ``"focal"``, ``"pfl"`` or ``"pfl_mean"`` (one-hot targets).
         anchor_generator: default: one ``anchor_scale * stride`` square per location, centres at
-            ``(i + 0.5) * stride``.
+            ``(i * stride, j * stride)`` (mmdetection ``center_offset=0.0``).
         head: default :class:`VFNetHead`.
         assigner: default ``ATSSAssigner(num_classes, topk=9)``.
         vfl_alpha, vfl_gamma, iou_weighted: varifocal loss options (0.75, 2.0, True).
@@ -175,6 +181,7 @@ class VFNet(OneStageDetector):
     """
 
     valid_cls_losses = CLS_LOSSES + ("varifocal",)
+    default_nms_thresh = 0.6
 
     def __init__(
         self,
@@ -201,7 +208,7 @@ class VFNet(OneStageDetector):
         strides = list(getattr(backbone, "strides", (8, 16, 32, 64, 128)))
         if anchor_generator is None:
             anchor_generator = AnchorGenerator([(anchor_scale * s,) for s in strides], [(1.0,)] * len(strides),
-                                               strides, round_base=False, offset=0.5)
+                                               strides, round_base=False, offset=0.0)
         if anchor_generator.num_priors_per_location != 1:
             raise ValueError("anchor_generator: VFNet uses one anchor per location, got "
                              f"{anchor_generator.num_priors_per_location}")
@@ -229,7 +236,7 @@ class VFNet(OneStageDetector):
         refine_boxes, refine_targets = masked_box_pairs(
             self.box_coder.decode(head_outputs["bbox_regression"], priors_b), matched_boxes, positive)
         with torch.no_grad():
-            iou_init = aligned_box_iou(init_boxes, init_targets) * positive_f  # (B, A)
+            iou_init = aligned_box_iou(init_boxes, init_targets).clamp(min=1e-6) * positive_f  # (B, A)
             iou_refine = aligned_box_iou(refine_boxes, refine_targets).clamp(min=1e-6) * positive_f
 
         loss_box_init = giou_loss(init_boxes, init_targets, weight=iou_init, reduction="sum")
@@ -241,13 +248,11 @@ class VFNet(OneStageDetector):
             # IoU-aware classification score target (VFNet Sec. 3.1): q = IoU(refined box, gt) at the gt class.
             one_hot = F.one_hot(assign_result.labels.clamp(min=0), self.num_classes + 1)[..., :self.num_classes]
             targets = one_hot.to(cls_logits.dtype) * iou_refine.unsqueeze(-1)
-            weight = assign_result.valid_mask.to(cls_logits.dtype).unsqueeze(-1)
+            # mmdetection's VFNetHead passes no label weights to the varifocal loss: every prior counts,
+            # the invalid ones (label -1, target 0) as background
             loss_cls = varifocal_loss(cls_logits, targets, alpha=self.vfl_alpha, gamma=self.vfl_gamma,
-                                      iou_weighted=self.iou_weighted, weight=weight, reduction="sum") / num_positive
-            counts = assign_result.num_anchors_per_level
-            stats = {"num_positive": self.level_counts(positive, counts),
-                     "num_anchors": torch.tensor(counts, dtype=torch.float32, device=cls_logits.device)
-                     * positive.shape[0]}
+                                      iou_weighted=self.iou_weighted, reduction="sum") / num_positive
+            stats = self.level_statistics(assign_result)
         else:
             loss_cls, stats = self.classification_loss(cls_logits, assign_result, num_positive)
         return {"loss_cls": loss_cls, "loss_box": loss_box, "loss_box_init": loss_box_init, "stats": stats}
