@@ -83,7 +83,8 @@ def test_atss_valid_anchors_equal_assignment_of_the_valid_subset():
     generator = AnchorGenerator([(32.0,), (64.0,)], [(1.0,), (1.0,)], strides=(8, 16), round_base=False)
     priors, counts = generator([(12, 12), (6, 6)])
     flags = generator.valid_flags([(12, 12), (6, 6)], [(96, 96), (64, 32)])
-    targets = [{"boxes": torch.tensor([[10.0, 8.0, 50.0, 40.0], [40.0, 50.0, 90.0, 94.0]]), "labels": torch.tensor([0, 1])},
+    targets = [{"boxes": torch.tensor([[10.0, 8.0, 50.0, 40.0], [40.0, 50.0, 90.0, 94.0]]),
+                "labels": torch.tensor([0, 1])},
                {"boxes": torch.tensor([[2.0, 20.0, 30.0, 60.0]]), "labels": torch.tensor([2])}]
     assigner = ATSSAssigner(3, topk=9)
     result = assigner(priors, counts, pad_targets(targets), prior_valid=flags)

@@ -5,8 +5,8 @@ An anchor is positive when its best IoU with a gt box is ``>= pos_iou_thr`` (0.5
 highest IoU of some gt box (ties included) is made positive as well; as in torchvision's
 ``Matcher.set_low_quality_matches_`` it is matched to its *own* best gt, which may be another box. So a gt
 box is not guaranteed an anchor: when each of its best anchors overlaps another box more, it gets none (3 of
-the 122 boxes of coco128 in the comparison of issue 9; mmdetection's ``gt_max_assign_all`` rule gives the anchor to the box it
-rescues instead, see docs/DIFFERENCES.md).
+the 122 boxes of coco128 in the comparison of issue 9). mmdetection's ``gt_max_assign_all`` rule gives the
+anchor to the box it rescues instead, see docs/DIFFERENCES.md.
 
 Priors outside their image's own padded size (``prior_valid`` False, mmdetection's valid flags) take no
 part: they are neither any gt's best anchor nor anyone's positive, and are labelled ``-1`` (ignored, loss

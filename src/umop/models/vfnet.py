@@ -8,11 +8,11 @@ mmdetection's ``vfnet_r50_fpn_1x_coco``.
   anchors outside their image's own padded size are left out of it (mmdetection's valid flags);
 - head (VFNet Sec. 4, Fig. 3): 3 x (3x3 conv + GN + ReLU) per branch; an initial box
   ``exp(scale_l * x) * reg_denom_l`` (``reg_denom`` = upper end of the level's FCOS scale range, the last
-  one twice the previous: 64, 128, 256, 512, 1024; mmdetection's ``bbox_norm_type="reg_denom"``); from it the 9 *star-shaped* sampling points (the point, the 4 side
-  mid-points and 4 corners of the box) give the offsets of a 3x3 deformable convolution
-  (``torchvision.ops.deform_conv2d``, or on CPU the equal and ~8x faster bilinear-sampling form of
-  :mod:`umop.models.deform`; ``deform_conv_impl``) on both towers; the refined box is
-  ``exp(scale'_l * x') * initial box`` (the initial box detached) and the IoU-aware classification score
+  one twice the previous: 64, 128, 256, 512, 1024; mmdetection's ``bbox_norm_type="reg_denom"``); from it
+  the 9 *star-shaped* sampling points (the point, the 4 side mid-points and 4 corners of the box) give the
+  offsets of a 3x3 deformable convolution (``torchvision.ops.deform_conv2d``, or on CPU the equal and ~8x
+  faster bilinear-sampling form of :mod:`umop.models.deform`; ``deform_conv_impl``) on both towers; the
+  refined box is ``exp(scale'_l * x') * initial box`` (the initial box detached) and the IoU-aware classification score
   comes from the deformable features; the gradient reaching the initial box through the offsets is scaled
   by ``gradient_mul = 0.1``;
 - losses: varifocal loss (alpha 0.75, gamma 2; VFNet Eq. 2) with target ``q = IoU(refined box, gt)`` for the
