@@ -46,13 +46,12 @@ import torch.distributed as dist
 from torch import Tensor
 
 from .base import ClassificationLoss, check_classification_inputs
-
+from .fused_focal import (binary_focal_prelude, binary_modulated_terms, binary_violation, last_dim_dots,
+                          last_dim_sums, scale_saved_gradient, signed_alpha_gradient)
 from .prior_levels import level_index_for, level_matrix_for
-from .focal import (binary_focal_prelude, binary_modulated_terms, binary_violation, last_dim_dots,
-                    last_dim_sums, scale_saved_gradient, signed_alpha_gradient)
 
-__all__ = ["progressive_focal_loss", "ProgressiveFocalLoss", "check_pfl_options", "level_index_for", "ESTIMATORS",
-           "LEVEL_REDUCTIONS"]
+__all__ = ["progressive_focal_loss", "ProgressiveFocalLoss", "check_pfl_options", "level_index_for",
+           "ESTIMATORS", "LEVEL_REDUCTIONS"]
 
 ESTIMATORS = ("official", "paper")
 LEVEL_REDUCTIONS = ("sum", "mean")
