@@ -232,3 +232,13 @@ def test_weight_reduce_loss_avg_factor_semantics():
         weight_reduce_loss(loss, None, "sum", avg_factor=2.0)
     with pytest.raises(ValueError, match="reduction"):
         weight_reduce_loss(loss, None, "avg")
+
+
+def test_given_positive_mask_gives_the_same_statistics():
+    logits, targets, priors, weight, labels, *_ = _batch(6)
+    positive = (labels >= 0) & (labels < 3)
+    _, from_targets = FocalLoss()(logits, targets, priors, weight, 1.0)
+    _, from_mask = FocalLoss()(logits, targets, priors, weight, 1.0, positive=positive)
+    torch.testing.assert_close(from_targets, from_mask)
+    with pytest.raises(ValueError, match="positive must be"):
+        FocalLoss()(logits, targets, priors, weight, 1.0, positive=positive[:, :3])

@@ -259,7 +259,7 @@ class ProgressiveFocalLoss(ClassificationLoss):
 
     def forward(self, logits: Tensor, targets: Tensor, num_priors_per_level: Sequence[int],
                 weight: Tensor | None = None, avg_factor: Tensor | float | None = None, *,
-                quality: Tensor | None = None, loc_error: Tensor | None = None,
+                quality: Tensor | None = None, loc_error: Tensor | None = None, positive: Tensor | None = None,
                 normalizer: Tensor | float | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         if normalizer is not None:
             if avg_factor is not None:
@@ -268,7 +268,7 @@ class ProgressiveFocalLoss(ClassificationLoss):
                           DeprecationWarning, stacklevel=2)
             avg_factor = normalizer
         loss, stats = super().forward(logits, targets, num_priors_per_level, weight, avg_factor,
-                                      quality=quality, loc_error=loc_error)
+                                      quality=quality, loc_error=loc_error, positive=positive)
         self.last_stats = stats
         return loss, stats
 
