@@ -96,7 +96,9 @@ def build_dataset(data: DataConfig, train: bool) -> Dataset:
     else:
         transforms = build_transforms(train=False, min_size=test_min_size(data), max_size=data.max_size,
                                       flip_prob=0.0)
-    dataset = CocoDetection(ann, images or None, transforms=transforms)
+    # Training substitutes an unreadable image; evaluation skips and counts it (each image evaluated once).
+    dataset = CocoDetection(ann, images or None, transforms=transforms,
+                            unreadable="substitute" if train else "skip")
     if len(dataset) == 0:
         raise ConfigError(f"config key 'data.{split}_ann': '{ann}' has no usable images")
     return dataset

@@ -23,6 +23,8 @@ from typing import Any, Union
 
 import yaml
 
+from ..errors import UserError
+
 __all__ = [
     "Config", "ModelConfig", "DataConfig", "SyntheticDataConfig", "SolverConfig", "LogConfig", "EvalConfig",
     "CheckpointConfig", "config_help", "describe_config",
@@ -31,7 +33,7 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or an override is invalid; the message names the key (and the file, if any)."""
 
 

@@ -26,7 +26,8 @@ from torch.utils.data import Dataset
 
 from .builders import (EpochSeededDataset, build_dataset, build_eval_loader, build_model, build_train_loader,
                        prepare_synthetic_data)
-from .checkpoint import get_rng_states, load_checkpoint, save_checkpoint, seed_everything, set_rng_states
+from .checkpoint import (get_rng_states, load_checkpoint, load_model_state, save_checkpoint, seed_everything,
+                         set_rng_states)
 from .config import Config, ConfigError, config_to_dict, save_config
 from .distributed import all_reduce_sum, barrier, get_world_size, init_distributed, is_distributed, is_main_process
 from .inference import evaluate_model
@@ -273,10 +274,7 @@ class Trainer:
     def load(self, path: str | Path) -> None:
         """Restore a checkpoint written by :meth:`save` (model, optimiser, scheduler, RNG, counters)."""
         checkpoint = load_checkpoint(path, map_location=self.device)
-        try:
-            self.model.load_state_dict(checkpoint["model"])
-        except RuntimeError as error:
-            raise ValueError(f"checkpoint '{path}' does not match the model of this config: {error}") from error
+        load_model_state(self.model, checkpoint["model"], f"checkpoint '{path}' (--resume)")
         for key in ("optimizer", "scheduler", "epoch", "iteration"):
             if key not in checkpoint:
                 raise ValueError(f"checkpoint '{path}' has no '{key}': it holds weights only and cannot be resumed")
