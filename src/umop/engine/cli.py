@@ -183,8 +183,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             warnings.warn(f"the evaluation data's classes {dataset.class_names} differ from the checkpoint's "
                           f"{info['class_names']}", stacklevel=1)
         loader = build_eval_loader(dataset, config)
-        metrics = evaluate_model(model, loader, device, len(info["class_names"]), dataset.class_names,
-                                 progress=is_main_process())
+        with warnings.catch_warnings():  # the unreadable images are listed below, one line each
+            warnings.filterwarnings("ignore", message="evaluation: ", category=RuntimeWarning)
+            metrics = evaluate_model(model, loader, device, len(info["class_names"]), dataset.class_names,
+                                     progress=is_main_process())
         if is_main_process():
             out = Path(args.out) if args.out else Path(checkpoint_path).with_suffix(".eval.json")
             out.parent.mkdir(parents=True, exist_ok=True)

@@ -593,8 +593,10 @@ class Trainer:
         states = get_rng_states()
         try:
             norms = loss_gradient_norms(self.model, images, targets)
-        except ValueError as error:  # e.g. a custom model without a `backbone` module
+        except (ValueError, torch.cuda.OutOfMemoryError) as error:  # a model without `backbone`; no memory
             self._objective_available = False
+            if isinstance(error, torch.cuda.OutOfMemoryError):
+                torch.cuda.empty_cache()
             if self.is_main:
                 warnings.warn(f"log.objective_every: gradient norms are not available for this model ({error}); "
                               f"not logged", stacklevel=2)
@@ -617,7 +619,10 @@ class Trainer:
             set_rng_states(states)
         self.model.train()
         if self.is_main:
-            print(f"epoch {self.epoch} evaluation ({metrics['num_images']} images):\n{format_metrics(metrics)}")
+            failed = metrics.get("num_failed_images", 0)
+            unreadable = f"; {failed} unreadable, not evaluated: see eval.json 'failed_images'" if failed else ""
+            print(f"epoch {self.epoch} evaluation ({metrics['num_images']} images{unreadable}):\n"
+                  f"{format_metrics(metrics)}")
             if self.logger is not None:
                 self.logger.log_eval(metrics, self.epoch, self.iteration)
         return metrics
