@@ -182,20 +182,19 @@ class Trainer:
 
     def _prepare_fresh_run_dir(self, overwrite: bool) -> None:
         """Refuse to start a fresh run over an existing one, or clear it when ``overwrite``."""
-        if not self.has_run():
-            return
-        if not overwrite:
+        exists = self.has_run()
+        if exists and not overwrite:
             raise RunExistsError(
                 f"run folder '{self.run_dir}' already holds a run (log.jsonl / checkpoints): continue it with "
                 f"--resume auto, start over with --overwrite (deletes its log, evaluations and checkpoints), "
                 f"or pick another folder with --out")
-        if self.is_main:
+        if exists and self.is_main:
             for name in RUN_FILES:
                 (self.run_dir / name).unlink(missing_ok=True)
             for name in RUN_FOLDERS:
                 shutil.rmtree(self.run_dir / name, ignore_errors=True)
             print(f"--overwrite: cleared the previous run in {self.run_dir}")
-        barrier()
+        barrier()  # on every rank (another rank may look after rank 0 has cleared the folder)
 
     def _resume_path(self, resume: str | Path | None) -> Path | None:
         if resume is None or resume == "":
