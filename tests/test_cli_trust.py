@@ -188,3 +188,16 @@ def test_config_show_prints_every_key_with_its_meaning(tiny, capsys):
         assert f"{key.rpartition('.')[2]}:" in text and f"# {meaning}" in text, key
     assert main(["config", "show", str(tiny["checkpoint"])]) == 0  # the config stored in a checkpoint
     assert yaml.safe_load(capsys.readouterr().out)["model"]["backbone"] == "resnet18"
+
+
+def test_an_interrupted_train_says_what_was_saved(tmp_path, tiny, monkeypatch, capsys):
+    from umop.engine.trainer import Trainer, TrainingInterrupted
+
+    def interrupted(self):
+        raise TrainingInterrupted("SIGTERM", None, "SIGTERM: nothing was saved (no checkpoint yet); a new run "
+                                                   "starts from scratch")
+
+    monkeypatch.setattr(Trainer, "train", interrupted)
+    assert main(["train", "demo_synthetic", "--out", str(tmp_path / "r"), "--set", *TINY, *tiny["data"]]) == 130
+    err = capsys.readouterr().err
+    assert "umop train: interrupted by SIGTERM: nothing was saved" in err and "--resume auto" not in err
