@@ -350,7 +350,7 @@ class OneStageDetector(nn.Module):
 
         loss, pfl_stats = progressive_focal_loss(
             cls_logits, targets, counts, gamma=self.gamma, delta=self.delta, w=self.w, estimator=self.estimator,
-            level_reduction=_PFL_LEVEL_REDUCTION[self.cls_loss], weight=weight, normalizer=normalizer,
+            level_reduction=_PFL_LEVEL_REDUCTION[self.cls_loss], weight=weight, avg_factor=normalizer,
             return_stats=True, **self.pfl_options,
         )
         stats["gamma_ad"] = pfl_stats["gamma_ad"]
