@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__ as version
 
     parser.add_argument("--version", action="version", version=f"umop {version}")
-    subparsers = parser.add_subparsers(dest="command", metavar="{train,eval,predict,demo,data,analyze}")
+    subparsers = parser.add_subparsers(dest="command", metavar="{train,eval,predict,demo,data,analyze,study}")
 
     train = subparsers.add_parser("train", help="train a detector from a YAML config")
     _add_config_arguments(train)
@@ -184,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _register_optional(subparsers, "umop.data.cli", "data")
     _register_optional(subparsers, "umop.analysis.cli", "analyze")
+    _register_optional(subparsers, "umop.study.cli", "study")
     return parser
 
 
