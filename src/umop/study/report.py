@@ -24,6 +24,7 @@ __all__ = ["write_reports", "cell_metrics", "build_record", "render_markdown", "
 MAIN_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 _SKIP_KEYS = ("epoch", "iter", "num_images")
 MAX_LEVEL_IMAGES = 300  # the level-imbalance figure assigns at most this many training images
+ANALYSIS_SIZE = (800, 1333)  # the test size of UMOP Fig. 2 (COCO), drawn too when the training size is smaller
 
 
 def cell_metrics(evaluation: dict[str, Any] | None) -> dict[str, float]:
@@ -404,8 +405,10 @@ def _figures(record: dict[str, Any], cells: list[Any], out: Path) -> list[tuple[
     if level_figure:
         drawn.append(("Level imbalance of the training data", level_figure,
                       f"Positive anchors/points per level under each variant's assigner (UMOP Fig. 2), on at most "
-                      f"{MAX_LEVEL_IMAGES} training images at the test-time size; `umop analyze levels` gives the "
-                      f"full analysis."))
+                      f"{MAX_LEVEL_IMAGES} training images at the cells' test-time size, and also at "
+                      f"{ANALYSIS_SIZE[0]} px (UMOP's COCO setting) where the cells use smaller images: at a small "
+                      f"size the large anchors of the upper levels overlap no object. `umop analyze levels` gives "
+                      f"the full analysis."))
     return drawn
 
 
@@ -465,12 +468,19 @@ def _level_imbalance_figure(record: dict[str, Any], cells: list[Any], figures_di
     min_size = data.get("test_min_size") or data.get("min_size") or 800
     min_size = int(min_size[-1] if isinstance(min_size, list) else min_size)
     max_size = int(data.get("max_size") or 1333)
+    sizes = [(min_size, max_size)]
+    if min_size < ANALYSIS_SIZE[0]:  # small images reach only the lowest levels: also show UMOP Fig. 2's size
+        sizes.append(ANALYSIS_SIZE)
+    ratios = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         index = load_coco(ann, images or Path(ann).parent)
         index.images = index.images[:MAX_LEVEL_IMAGES]
-        rows = level_statistics(index, detectors, min_size=min_size, max_size=max_size)
-    return plot_level_imbalance(positive_ratios(rows), path,
+        for low, high in sizes:
+            rows = level_statistics(index, detectors, min_size=low, max_size=high)
+            for name, per_level in positive_ratios(rows).items():
+                ratios[f"{name}, shorter side {low} px" + (" (training size)" if (low, high) == sizes[0] else "")] = per_level
+    return plot_level_imbalance(ratios, path,
                                 title=f"Positive share per level, {Path(ann).name} ({len(index.images)} images)")
 
 
