@@ -89,7 +89,7 @@ def test_subcommands_are_registered(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     help_text = capsys.readouterr().out
-    for command in ("train", "eval", "predict", "demo", "data", "analyze"):
+    for command in ("train", "eval", "predict", "demo", "data", "analyze", "study"):
         assert command in help_text
 
 

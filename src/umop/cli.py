@@ -7,7 +7,8 @@ Examples::
     torchrun --nproc_per_node 8 -m umop.cli train atss_pfl # multi-GPU (batch_size is the global batch)
     umop eval atss_pfl runs/atss_pfl/checkpoints/last.pt
     umop predict atss_pfl runs/atss_pfl/checkpoints/last.pt img1.jpg img2.jpg --out predictions/
-    umop demo                                              # synthetic data, ATSS with PFL vs focal loss
+    umop demo                                              # synthetic data, ATSS with PFL vs focal loss, 3 seeds
+    umop study atss_focal --vary cls_loss=focal,pfl --seeds 0,1,2 --out runs/study   # see `umop study -h`
     umop data convert --from voc ROOT --out train.json     # see `umop data -h`, `umop analyze -h`
 """
 
@@ -175,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--score-thresh", type=float, default=0.3, help="lowest score drawn and written (0.3)")
     predict.set_defaults(func=_cmd_predict)
 
-    demo = subparsers.add_parser("demo", help="synthetic data: train ATSS with PFL and with focal loss, compare")
+    demo = subparsers.add_parser("demo", help="synthetic data: ATSS with PFL vs focal loss over 3 seeds (a small study)")
     demo.add_argument("--out", default="runs/demo", help="output folder (runs/demo)")
     demo.add_argument("--quick", action="store_true", help="a much shorter run (smoke test, AP not meaningful)")
     demo.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
