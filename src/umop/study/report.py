@@ -212,8 +212,7 @@ def comparison_sentence(variant: str, baseline: str, entry: dict[str, Any] | Non
     head = f"{variant} minus {baseline}: {metric} {mean} points (paired over {seeds}, 95% interval {low} to {high})."
     if entry["excludes_zero"]:
         side = "above" if entry["ci"][0] > 0 else "below"
-        return (head + f" The interval lies entirely {side} 0: on these seeds and this setting, the difference is "
-                       f"larger than the seed-to-seed spread of the differences.")
+        return head + f" The interval lies entirely {side} 0: 0 is outside it."
     return head + " The interval contains 0: these runs do not show a difference."
 
 
