@@ -78,6 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def _split(args: argparse.Namespace) -> int:
     import json
 
+    from umop.data.convert import save_coco_json
     from umop.data.split import split_coco
 
     try:

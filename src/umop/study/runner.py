@@ -402,7 +402,7 @@ def _tail(path: Path, offset: int, chars: int = _STDERR_TAIL_CHARS) -> str:
 
 
 def _stop_process(process: subprocess.Popen, grace_seconds: float = 60.0) -> None:
-    """SIGTERM the training process (it can then save what it can), kill it after ``grace_seconds``."""
+    """SIGTERM the training process (it saves a resumable checkpoint and exits), kill it after ``grace_seconds``."""
     if process.poll() is not None:
         return
     with contextlib.suppress(ProcessLookupError):
@@ -435,7 +435,10 @@ def run_cell(spec: StudySpec, cell: Cell, *, python: str | None = None) -> dict[
         process = subprocess.Popen(command, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL)
         try:
             returncode = process.wait()
-        except BaseException:
+        except BaseException as error:
+            if isinstance(error, KeyboardInterrupt):  # Ctrl-C reached the training too: let it save and exit
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=60)
             _stop_process(process)
             _record_attempt(run_dir, started, process.returncode, stopped=True)
             raise
