@@ -105,7 +105,7 @@ def test_dry_run_lists_cells_and_estimates_time(fake_study, capsys):
     extended = StudySpec(spec.config, spec.vary, [0, 1, 2, 3], spec.out, spec.overrides)  # one more seed
     assert run_study(extended, dry_run=True)["remaining"] == 2
     text = capsys.readouterr().out
-    assert "8 cells, 6 finished" in text and "pending   pfl/seed3" in text
+    assert "8 cells, 6 finished" in text and "pending   pfl/seed3" in text and "python -m umop.cli train" in text
     assert "estimated time for the 2 remaining cells: 0 min 40 s" in text
 
 
@@ -114,3 +114,5 @@ def test_a_finished_cell_run_with_other_settings_is_refused(fake_study):
     changed = StudySpec(spec.config, spec.vary, spec.seeds, spec.out, ["solver.epochs=5"])
     with pytest.raises(ValueError, match="solver.epochs=4"):
         check_cells(changed, plan_cells(changed)[1])
+    logging_only = StudySpec(spec.config, spec.vary, spec.seeds, spec.out, ["solver.epochs=4", "log.every=3"])
+    check_cells(logging_only, plan_cells(logging_only)[1])  # logging does not change the trained model

@@ -38,8 +38,9 @@ __all__ = ["StudySpec", "Cell", "parse_vary", "parse_seeds", "resolve_key", "loa
 KEY_ALIASES = {"detector": "model.name"}
 STUDY_FILE_KEYS = ("config", "vary", "seeds", "out", "set", "baseline")
 DEFAULT_CELL_OVERRIDES = ["log.progress_bar=false"]  # tqdm bars would bury the stderr tail of a failed cell
-# config keys that do not change what a cell computes (ignored when a finished cell's config is compared)
-_IGNORED_KEYS = ("output_dir", "name", "device", "workers", "log.progress_bar", "log.tensorboard")
+# config keys that do not change the trained model (ignored when a finished cell's config is compared)
+_IGNORED_KEYS = ("output_dir", "name", "device", "workers", "eval.every", "eval.batch_size")
+_IGNORED_SECTIONS = ("log.", "checkpoint.")
 _STDERR_TAIL_CHARS = 3000
 
 
@@ -299,7 +300,7 @@ def _compare_with_saved(cell: Cell, intended: dict[str, Any], saved_path: Path) 
     except yaml.YAMLError:
         return
     for key, value in intended.items():
-        if key in _IGNORED_KEYS or key.startswith("log.") and key != "log.objective_every":
+        if key in _IGNORED_KEYS or key.startswith(_IGNORED_SECTIONS):
             continue
         if key in saved and value in ("", None) and key.startswith("data."):
             continue  # filled in at run time (synthetic data paths)
@@ -496,7 +497,7 @@ def run_study(spec: StudySpec, *, dry_run: bool = False, python: str | None = No
         log(f"study {out}: {len(variants)} variants x {len(spec.seeds)} seeds = {len(cells)} cells, "
             f"{len(cells) - len(todo)} finished")
         for cell in cells:
-            log(f"  {states[cell.name]['status']:<9} {cell.name:<32} {' '.join(cell_command(spec, cell)[2:])}")
+            log(f"  {states[cell.name]['status']:<9} {cell.name:<32} python {' '.join(cell_command(spec, cell)[1:])}")
         if per_cell is None:
             log("estimated time: unknown until one cell has finished")
         else:
