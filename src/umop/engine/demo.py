@@ -36,7 +36,8 @@ def run_demo(out_dir: str | Path = "runs/demo", *, quick: bool = False, override
     spec = StudySpec(DEMO_CONFIG, [("model.cls_loss", list(DEMO_VARIANTS))], list(seeds), str(out_dir), base,
                      baseline=DEMO_VARIANTS[0])
     print(f"[demo] ATSS-R18 from scratch on synthetic shapes: cls_loss focal vs pfl, seeds "
-          f"{', '.join(map(str, seeds))} ({2 * len(seeds)} trainings){' (quick mode: AP not meaningful)' if quick else ''}")
+          f"{', '.join(map(str, seeds))} ({2 * len(seeds)} trainings)"
+          + (" (quick mode: AP not meaningful)" if quick else ""))
     record = run_study(spec, log=lambda text: print(f"[demo] {text}"))
     pictures = _draw_pictures(record, out_dir, num_pictures)
 

@@ -114,7 +114,8 @@ def build_record(spec: Any, variants: list[str], cells: list[Any], states: dict[
                 mean, std = mean_std(list(values.values()))
                 row[metric] = {"mean": mean, "std": None if math.isnan(std) else std, "n": len(values),
                                "by_seed": {str(s): v for s, v in values.items()}}
-        seconds = [c["train_seconds"] for c in finished_cells if c["variant"] == variant and c["train_seconds"] is not None]
+        seconds = [c["train_seconds"] for c in finished_cells
+                   if c["variant"] == variant and c["train_seconds"] is not None]
         if seconds:
             mean, std = mean_std(seconds)
             row["train_seconds"] = {"mean": mean, "std": None if math.isnan(std) else std, "n": len(seconds)}
@@ -478,7 +479,8 @@ def _level_imbalance_figure(record: dict[str, Any], cells: list[Any], figures_di
         for low, high in sizes:
             rows = level_statistics(index, detectors, min_size=low, max_size=high)
             for name, per_level in positive_ratios(rows).items():
-                ratios[f"{name}, shorter side {low} px" + (" (training size)" if (low, high) == sizes[0] else "")] = per_level
+                label = f"{name}, shorter side {low} px" + (" (training size)" if (low, high) == sizes[0] else "")
+                ratios[label] = per_level
     return plot_level_imbalance(ratios, path,
                                 title=f"Positive share per level, {Path(ann).name} ({len(index.images)} images)")
 

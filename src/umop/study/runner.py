@@ -304,8 +304,9 @@ def _compare_with_saved(cell: Cell, intended: dict[str, Any], saved_path: Path) 
             continue
         if key in saved and value in ("", None) and key.startswith("data."):
             continue  # filled in at run time (synthetic data paths)
-        if key in saved and saved[key] != value and not (isinstance(value, float) and isinstance(saved[key], (int, float))
-                                                         and math.isclose(value, saved[key])):
+        same_number = (isinstance(value, float) and isinstance(saved.get(key), (int, float))
+                       and math.isclose(value, saved[key]))
+        if key in saved and saved[key] != value and not same_number:
             raise ValueError(f"cell {cell.name} already ran with {key}={saved[key]!r}, but this study sets "
                              f"{key}={value!r} ({saved_path}); use another --out or remove that folder")
 

@@ -42,7 +42,8 @@ def regularized_beta(x: float, a: float, b: float) -> float:
     if x in (0.0, 1.0):
         return x
     log_front = (math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
-    if x < (a + 1.0) / (a + b + 2.0):  # the fraction converges fast here; else use the symmetry I_x(a,b) = 1 - I_{1-x}(b,a)
+    # the fraction converges fast below the mean; above it use the symmetry I_x(a, b) = 1 - I_{1-x}(b, a)
+    if x < (a + 1.0) / (a + b + 2.0):
         return math.exp(log_front) * _beta_continued_fraction(a, b, x) / a
     return 1.0 - math.exp(log_front) * _beta_continued_fraction(b, a, 1.0 - x) / b
 
