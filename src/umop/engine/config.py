@@ -107,7 +107,8 @@ class SolverConfig:
     steps: list = field(default_factory=lambda: [8, 11])
     gamma: float = 0.1
     grad_clip: float = 0.0  # max gradient L2 norm; 0 = off
-    amp: bool = True  # mixed precision, used on CUDA only
+    amp: bool = False  # autocast: bf16 on a CPU with native bf16, bf16/fp16 on CUDA (umop.engine.amp)
+    amp_dtype: str = "auto"  # auto | bf16 | fp16 (fp16 uses a GradScaler; CPU: bf16 only)
     max_iters_per_epoch: int = 0  # 0 = the whole dataset; >0 caps an epoch (quick runs, tests)
     max_nonfinite: int = 20  # consecutive non-finite losses tolerated before stopping
     max_train_seconds: float = 0.0  # >0: stop (checkpoint + evaluate) once training has run this long
@@ -336,6 +337,7 @@ def validate_config(config: Config) -> None:
         (0 < config.solver.warmup_ratio <= 1, "solver.warmup_ratio", "must be in (0, 1]"),
         (config.solver.lr >= 0, "solver.lr", "must be >= 0 (0 = linear scaling of base_lr)"),
         (config.solver.max_nonfinite >= 1, "solver.max_nonfinite", "must be >= 1"),
+        (config.solver.amp_dtype in ("auto", "bf16", "fp16"), "solver.amp_dtype", "must be 'auto', 'bf16' or 'fp16'"),
         (config.log.every >= 1, "log.every", "must be >= 1"),
         (0 <= config.data.flip_prob <= 1, "data.flip_prob", "must be in [0, 1]"),
         (all(isinstance(s, int) for s in config.solver.steps), "solver.steps", "must be a list of epochs (ints)"),

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from .amp import resolve_amp
 from .builders import (EpochSeededDataset, build_dataset, build_eval_loader, build_model, build_train_loader,
                        prepare_synthetic_data)
 from .checkpoint import get_rng_states, load_checkpoint, save_checkpoint, seed_everything, set_rng_states
@@ -27,6 +28,7 @@ from .config import Config, ConfigError, config_to_dict, save_config
 from .distributed import all_reduce_sum, barrier, get_world_size, init_distributed, is_distributed, is_main_process
 from .inference import evaluate_model
 from .logger import RunLogger, level_statistics, truncate_log
+from .meters import IterationTimer, format_eta, memory_mb
 from .schedule import WarmupStepLR, build_optimizer
 
 __all__ = ["Trainer", "NonFiniteLossError", "format_metrics"]
@@ -113,8 +115,11 @@ class Trainer:
         self.scheduler = WarmupStepLR(self.optimizer, [s * self.iters_per_epoch for s in solver.steps],
                                       gamma=solver.gamma, warmup_iters=solver.warmup_iters,
                                       warmup_ratio=solver.warmup_ratio)
-        self.use_amp = solver.amp and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.amp = resolve_amp(solver.amp, solver.amp_dtype, self.device, warn=self.is_main)
+        self.use_amp = self.amp.enabled
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp.use_scaler)  # fp16 only
+        self.timer = IterationTimer()
+        self._bar_meters: dict[str, str] = {}
 
         self.epoch = 0  # completed epochs
         self.iteration = 0  # completed iterations (optimiser steps, skipped ones included)
@@ -229,6 +234,9 @@ class Trainer:
             "nonfinite_skipped": self.nonfinite_total,
             "stopped_early": self.stopped_early,
             "train_seconds": round(time.perf_counter() - start, 1),
+            "iterations_per_second": (round(self.timer.iterations_per_second, 4)  # training iterations only
+                                      if self.timer.total_iterations else None),
+            "amp": self.amp.name,
             "eval": self.last_metrics,
         }
         if self.is_main:
@@ -247,21 +255,27 @@ class Trainer:
         total_iters = config.solver.epochs * self.iters_per_epoch
         progress = tqdm(total=self.iters_per_epoch, desc=f"epoch {epoch + 1}/{config.solver.epochs}",
                         disable=not (self.is_main and config.log.progress_bar), dynamic_ncols=True, leave=True)
-        started, done = time.perf_counter(), 0
+        self.timer.restart()
         for step, (images, targets) in enumerate(self.train_loader):
             if step >= self.iters_per_epoch:
                 break
+            self.timer.data_ready()
             images = [image.to(self.device, non_blocking=True) for image in images]
             targets = _to_device(targets, self.device)
             record = self.train_step(images, targets)
             self.iteration += 1
-            done += 1
+            self.timer.step_done()
+            eta = self.timer.eta(total_iters - self.iteration)
+            if self._deadline != float("inf"):  # solver.max_train_seconds stops the run earlier
+                eta = min(eta, max(0.0, self._deadline - time.perf_counter()))
             if self.iteration % config.log.every == 0 or step == 0:
+                meters = {**self.timer.window(), "eta": round(eta, 1), "memory": round(memory_mb(self.device), 1)}
+                self._bar_meters = {"time": f"{meters['time']:.3f}", "data": f"{meters['data_time']:.3f}",
+                                    "mem": f"{meters['memory']:.0f}M"}
+                record.update(meters)
                 self._log(epoch, record, images, targets)
-            seconds_per_iter = (time.perf_counter() - started) / done
-            eta = seconds_per_iter * (total_iters - self.iteration)
-            progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
-                                 eta=time.strftime("%H:%M:%S", time.gmtime(eta)), refresh=False)
+            progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", **self._bar_meters,
+                                 eta=format_eta(eta), refresh=False)
             progress.update()
             if self._out_of_time():
                 self.stopped_early = True
@@ -279,7 +293,7 @@ class Trainer:
         """Forward, backward and (unless the loss is not finite) an optimiser step; returns the log record."""
         solver = self.config.solver
         lr = self.optimizer.param_groups[0]["lr"]
-        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
+        with self.amp.autocast():
             outputs = self.ddp_model(images, targets)
         stats = outputs.get("stats", {})
         losses = {k: v for k, v in outputs.items() if k.startswith("loss_")}
@@ -303,7 +317,7 @@ class Trainer:
             self.nonfinite_consecutive = 0
         else:
             self.optimizer.zero_grad(set_to_none=True)
-            if self.use_amp:
+            if self.amp.use_scaler:
                 self.scaler.update()
             self.nonfinite_total += 1
             self.nonfinite_consecutive += 1

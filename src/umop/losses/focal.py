@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._precision import upcast_low_precision
 from ._weights import broadcast_weight
 
 __all__ = ["sigmoid_focal_loss", "focal_loss_reference", "focal_loss_terms", "FocalLossFunction"]
@@ -299,6 +300,7 @@ def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float | Tensor = 
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     if logits.shape != targets.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} must have the same shape")
+    logits = upcast_low_precision(logits)  # bf16/fp16 (AMP): float32 loss, gradient in the logits' dtype
     alpha, gamma = _as_tensor_or_float(alpha), _as_tensor_or_float(gamma)
     weight = broadcast_weight(weight, logits)
     binary_dtype = targets.dtype == torch.bool

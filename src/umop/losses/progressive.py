@@ -44,6 +44,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from ._precision import upcast_low_precision
 from .focal import (binary_focal_prelude, binary_modulated_terms, binary_violation, last_dim_dots,
                     last_dim_sums, scale_saved_gradient, signed_alpha_gradient)
 
@@ -229,6 +230,7 @@ def progressive_focal_loss(logits: Tensor, targets: Tensor, num_anchors_per_leve
         The scalar loss, or ``(loss, stats)`` with ``return_stats=True``.
     """
     _validate(logits, targets, num_anchors_per_level, gamma, delta, estimator, level_reduction, weight)
+    logits = upcast_low_precision(logits)  # bf16/fp16 (AMP): gamma_ad and the loss in float32
     w = BASE_ALPHA * gamma if w is None else float(w)
     level_index = level_index_for(num_anchors_per_level, logits.device)
     level_matrix = level_matrix_for(num_anchors_per_level, logits.device, logits.dtype)

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from umop.losses._precision import upcast_low_precision
 from umop.losses.iou import weight_reduce_loss
 
 __all__ = ["varifocal_loss"]
@@ -57,6 +58,7 @@ def varifocal_loss(
         raise ValueError(f"alpha must be >= 0, got {alpha}")
     if gamma < 0:
         raise ValueError(f"gamma must be >= 0, got {gamma}")
+    pred_logits = upcast_low_precision(pred_logits)  # bf16/fp16 (AMP): float32 loss
     target_score = target_score.to(pred_logits.dtype)
     prob = pred_logits.sigmoid()
     positive = target_score > 0
