@@ -308,7 +308,8 @@ class Trainer:
         if solver.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), solver.grad_clip)
-            finite = finite * torch.isfinite(grad_norm).float()
+            if not self.amp.use_scaler:  # fp16: the GradScaler skips an overflowing step and lowers its scale
+                finite = finite * torch.isfinite(grad_norm).float()
         all_finite = bool(all_reduce_sum(finite.reshape(1)).item() == get_world_size())
         loss_value = float(loss.detach())
         if all_finite:
