@@ -31,7 +31,7 @@ from typing import Callable
 import torch
 from torchvision.models.detection import retinanet_resnet50_fpn
 
-from timing import interleaved_times
+from timing import interleaved_times, timed
 from umop.engine.amp import cpu_supports_bf16
 from umop.integrations.torchvision import freeze_batchnorm
 from umop.models import build_detector, load_torchvision_retinanet_weights
@@ -152,9 +152,16 @@ def run_setting(setting: str, args, device: torch.device, amp_dtype: torch.dtype
         candidates["torchvision fp32"] = train_step(models["torchvision"], images, targets, None, device)
         if amp_dtype is not None and device.type == "cuda":
             candidates[f"torchvision {amp}"] = train_step(models["torchvision"], images, targets, amp_dtype, device)
-    times = interleaved_times(candidates, repeats=args.repeats, warmup=args.warmup, device=device)
+    print(f"\n[{setting}] {num_images} x {height}x{width}, {num_classes} classes, repeats={args.repeats}", flush=True)
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for round_index in range(args.warmup + args.repeats):  # round-robin, as timing.interleaved_times
+        for name, run in candidates.items():
+            elapsed = timed(run, device)
+            if round_index >= args.warmup:
+                times[name].append(elapsed)
+            print(f"  round {round_index + 1}{' (warm-up)' if round_index < args.warmup else ''}: {name} "
+                  f"{elapsed * 1000:.1f} ms", flush=True)
     median = {name: statistics.median(values) for name, values in times.items()}
-    print(f"\n[{setting}] {num_images} x {height}x{width}, {num_classes} classes, repeats={args.repeats}")
     for name, values in times.items():
         print(f"  {name:28s} median {median[name] * 1000:9.1f} ms   all: {[round(t * 1000, 1) for t in values]}")
 
