@@ -17,6 +17,7 @@ from umop.engine import Trainer, config_from_dict
 from umop.engine.amp import resolve_amp
 from umop.engine.meters import IterationTimer, format_eta, memory_mb
 from umop.losses import progressive_focal_loss, sigmoid_focal_loss
+from umop.losses.quality_focal import quality_focal_loss
 from umop.losses.varifocal import varifocal_loss
 from umop.models import build_detector
 from umop.models.backbone import FPNBackbone
@@ -96,14 +97,16 @@ def _bf16_vs_fp32(loss_fn):
     return loss_low, loss_high, low.grad, high.grad
 
 
-@pytest.mark.parametrize("loss_name", ["focal", "pfl", "pfl_mean", "varifocal"])
+@pytest.mark.parametrize("loss_name", ["focal", "pfl", "pfl_mean", "varifocal", "quality_focal"])
 def test_fused_losses_accept_bf16_logits(loss_name):
     def loss_fn(logits, targets, weight, anchors):
         if loss_name == "focal":
             return sigmoid_focal_loss(logits, targets, reduction="sum", weight=weight) / 7
         if loss_name == "varifocal":
             return varifocal_loss(logits, targets * 0.8, weight=weight[..., None], reduction="sum")
-        return progressive_focal_loss(logits, targets, anchors, weight=weight, normalizer=torch.tensor(7.0),
+        if loss_name == "quality_focal":
+            return quality_focal_loss(logits, targets * 0.6, weight=weight, reduction="sum")
+        return progressive_focal_loss(logits, targets, anchors, weight=weight, avg_factor=torch.tensor(7.0),
                                       level_reduction="sum" if loss_name == "pfl" else "mean")
 
     loss_low, loss_high, grad_low, grad_high = _bf16_vs_fp32(loss_fn)

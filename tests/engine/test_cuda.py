@@ -77,7 +77,7 @@ def test_fused_focal_loss_on_cuda_matches_autograd_and_torchvision(kind, target_
 @pytest.mark.parametrize("level_reduction", ["sum", "mean"])
 def test_pfl_general_path_on_cuda_matches_float64_cpu(kind, estimator, level_reduction):
     logits64, targets64, weight64 = _case(kind, seed=1)
-    options = dict(normalizer=9.0, estimator=estimator, level_reduction=level_reduction, return_stats=True)
+    options = dict(avg_factor=9.0, estimator=estimator, level_reduction=level_reduction, return_stats=True)
     cpu_logits = logits64.clone().requires_grad_(True)
     cpu_loss, cpu_stats = progressive_focal_loss(cpu_logits, targets64, LEVELS, weight=weight64, **options)
     (cpu_grad,) = torch.autograd.grad(cpu_loss, cpu_logits)
@@ -118,7 +118,7 @@ def test_low_precision_logits_on_cuda(dtype, loss_name):
     def loss_fn(logits):
         if loss_name == "focal":
             return sigmoid_focal_loss(logits, targets, reduction="sum", weight=weight) / 9
-        return progressive_focal_loss(logits, targets, LEVELS, weight=weight, normalizer=torch.tensor(9.0, device=CUDA))
+        return progressive_focal_loss(logits, targets, LEVELS, weight=weight, avg_factor=torch.tensor(9.0, device=CUDA))
 
     low = logits64.to(dtype).to(CUDA).requires_grad_(True)
     high = low.detach().float().requires_grad_(True)
