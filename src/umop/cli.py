@@ -68,20 +68,29 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             warnings.warn(f"the evaluation data's classes {dataset.class_names} differ from the checkpoint's "
                           f"{info['class_names']}", stacklevel=1)
         loader = build_eval_loader(dataset, config)
+        evaluated: dict = {}
         metrics = evaluate_model(model, loader, device, len(info["class_names"]), dataset.class_names,
-                                 progress=is_main_process())
+                                 progress=is_main_process(), collect=evaluated)
         if is_main_process():
+            from .evaluation.outputs import format_level_table, format_lrp, write_eval_outputs
+
             out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".eval.json")
             out.parent.mkdir(parents=True, exist_ok=True)
             record = {"config": str(args.config), "checkpoint": str(args.checkpoint), "epoch": info["epoch"],
                       "val_ann": config.data.val_ann, **metrics}
             out.write_text(json.dumps(record, indent=1))
             print(format_metrics(metrics))
+            print(format_lrp(metrics))
+            if args.levels:
+                print(format_level_table(metrics))
             print(f"{metrics['num_images']} images; metrics written to {out}")
+            if args.plots:
+                write_eval_outputs(evaluated["detections"], evaluated["targets"], metrics, args.plots,
+                                   num_classes=len(info["class_names"]), class_names=dataset.class_names,
+                                   score_thresh=args.confusion_score)
+                print(f"PR / F1 curves, confusion matrix, LRP and level tables (PNG + CSV): {args.plots}")
             if args.results:
-                from .engine import run_inference
-
-                detections, _ = run_inference(model, loader, device)
+                detections = evaluated["detections"]
                 results = detections_to_coco_results(detections, [d["image_id"] for d in detections],
                                                      dataset.label_to_category_id)
                 Path(args.results).write_text(json.dumps(results))
@@ -109,12 +118,29 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if not images:
         raise ValueError(f"no images found in {args.images}")
     min_size, max_size = eval_sizes(config)
+    score_thresh, thresh_note = _predict_score_thresh(args, info["class_names"])
     out = predict_images(model, images, args.out, class_names=info["class_names"],
                          label_to_category_id=info["label_to_category_id"], min_size=min_size, max_size=max_size,
-                         score_thresh=args.score_thresh, device=device)
-    print(f"{len(out['images'])} pictures and {out['num_detections']} detections (score >= {args.score_thresh}) "
+                         score_thresh=score_thresh, device=device)
+    print(f"{len(out['images'])} pictures and {out['num_detections']} detections (score >= {thresh_note}) "
           f"written to {args.out} (COCO results: {out['results']})")
     return 0
+
+
+def _predict_score_thresh(args: argparse.Namespace, class_names: list[str]) -> tuple[float | list[float], str]:
+    """``--score-thresh``: a number, or ``lrp`` = the per-class LRP-optimal thresholds of the checkpoint's
+    evaluation (:func:`umop.evaluation.outputs.find_lrp_thresholds`)."""
+    if str(args.score_thresh).lower() != "lrp":
+        try:
+            value = float(args.score_thresh)
+        except ValueError:
+            raise ValueError(f"--score-thresh must be a number or 'lrp', got {args.score_thresh!r}") from None
+        return value, f"{value:g}"
+    from .evaluation.outputs import find_lrp_thresholds
+
+    thresholds, source = find_lrp_thresholds(args.checkpoint, class_names, default=0.3, eval_json=args.eval_json)
+    listed = ", ".join(f"{name} {value:.3f}" for name, value in zip(class_names, thresholds))
+    return thresholds, f"the LRP-optimal threshold of each class from {source}: {listed}"
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -165,6 +191,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("checkpoint", help="checkpoint file (RUN_DIR/checkpoints/last.pt)")
     evaluate.add_argument("--out", help="metrics json (default: CHECKPOINT with suffix .eval.json)")
     evaluate.add_argument("--results", help="also write the detections as a COCO results json here")
+    evaluate.add_argument("--levels", action="store_true",
+                          help="print the per-level table: TP, mean IoU, FP per pyramid level and which level found "
+                               "the objects of each size (stored in the metrics json whenever the detector reports "
+                               "levels)")
+    evaluate.add_argument("--plots", metavar="DIR",
+                          help="write PR and F1-confidence curves, confusion matrix, LRP and level tables (PNG + CSV) "
+                               "here")
+    evaluate.add_argument("--confusion-score", type=float, default=0.3,
+                          help="lowest score counted in the confusion matrix (0.3)")
     evaluate.set_defaults(func=_cmd_eval)
 
     predict = subparsers.add_parser("predict", help="draw detections on images; write PNGs + COCO results json")
@@ -172,7 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("checkpoint", help="checkpoint file")
     predict.add_argument("images", nargs="+", help="image files or folders")
     predict.add_argument("--out", required=True, help="output folder")
-    predict.add_argument("--score-thresh", type=float, default=0.3, help="lowest score drawn and written (0.3)")
+    predict.add_argument("--score-thresh", default="0.3", metavar="S|lrp",
+                         help="lowest score drawn and written (0.3), or 'lrp': each class' LRP-optimal threshold "
+                              "from the checkpoint's evaluation (CHECKPOINT.eval.json of `umop eval`, else "
+                              "RUN_DIR/eval.json); classes without one use 0.3")
+    predict.add_argument("--eval-json", help="with --score-thresh lrp: read the thresholds from this metrics json")
     predict.set_defaults(func=_cmd_predict)
 
     demo = subparsers.add_parser("demo", help="synthetic data: train ATSS with PFL and with focal loss, compare")

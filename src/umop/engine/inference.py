@@ -36,7 +36,7 @@ def run_inference(model: nn.Module, data_loader: Iterable, device: torch.device,
 
     The loader yields ``(images, targets)`` as :func:`umop.data.collate_fn` makes them; each target's
     ``"orig_size"`` (H, W) is the size before the resize transform. Returns two lists in loader order:
-    detections ``{"boxes", "scores", "labels", "image_id"}`` and targets ``{"boxes", "labels", "image_id",
+    detections ``{"boxes", "scores", "labels", "image_id"[, "levels"]}`` and targets ``{"boxes", "labels", "image_id",
     "orig_size"}`` (CPU tensors).
     """
     model.eval()
@@ -60,6 +60,8 @@ def run_inference(model: nn.Module, data_loader: Iterable, device: torch.device,
                 "labels": output["labels"].cpu(),
                 "image_id": image_id,
             })
+            if "levels" in output:  # pyramid level of each detection (0 = P3), for the per-level table
+                detections[-1]["levels"] = output["levels"].cpu()
             targets_out.append({
                 "boxes": rescale_boxes(target["boxes"].float().cpu(), size, original),
                 "labels": target["labels"].cpu(),
@@ -70,10 +72,12 @@ def run_inference(model: nn.Module, data_loader: Iterable, device: torch.device,
 
 
 def evaluate_model(model: nn.Module, data_loader: Iterable, device: torch.device, num_classes: int,
-                   class_names: Sequence[str] | None = None, progress: bool = False) -> dict[str, Any]:
+                   class_names: Sequence[str] | None = None, progress: bool = False,
+                   collect: dict | None = None) -> dict[str, Any]:
     """COCO AP of ``model`` on ``data_loader`` (gathered over DDP ranks, padded duplicates removed).
 
-    Returns :func:`umop.evaluation.evaluate_detections`'s dict plus ``"num_images"``.
+    Returns :func:`umop.evaluation.evaluate_detections`'s dict plus ``"num_images"``. ``collect``, if given,
+    receives ``"detections"`` and ``"targets"``: the evaluated lists (for plots, results json).
     """
     detections, targets = run_inference(model, data_loader, device, progress=progress)
     gathered_dets: dict[int, dict] = {}
@@ -88,4 +92,6 @@ def evaluate_model(model: nn.Module, data_loader: Iterable, device: torch.device
     metrics = evaluate_detections([gathered_dets[i] for i in image_ids], [gathered_targets[i] for i in image_ids],
                                   num_classes, class_names)
     metrics["num_images"] = len(image_ids)
+    if collect is not None:
+        collect.update(detections=[gathered_dets[i] for i in image_ids], targets=[gathered_targets[i] for i in image_ids])
     return metrics
