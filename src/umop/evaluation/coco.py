@@ -218,7 +218,7 @@ def evaluate_coco(gt: dict, results: list[dict], class_names: Sequence[str] | No
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO(gt, print_function=quiet)
         coco_dt = coco_gt.loadRes(results)
-        evaluator = COCOeval_faster(coco_gt, coco_dt, iouType="bbox", print_function=quiet, separate_eval=True)
+        evaluator = COCOeval_faster(coco_gt, coco_dt, iouType="bbox", print_function=quiet)
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()

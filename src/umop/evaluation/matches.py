@@ -1,17 +1,19 @@
 """COCO's own matches at IoU 0.5, read back from ``faster-coco-eval`` (no re-implementation of the matching).
 
-``COCOeval_faster(..., separate_eval=True).evaluate()`` keeps one C++ ``ImageEvaluation`` per
-(category, area range, image), the equivalent of pycocotools' ``evalImgs``. Its pickle state
-(faster-coco-eval >= 1.6, ``csrc/faster_eval_api/faster_eval_api.cpp``) is the tuple::
+After ``COCOeval_faster.evaluate()`` (which computed the IoUs and loaded the annotations into its C++
+datasets), faster-coco-eval's C++ ``COCOevalEvaluateImages`` is run once more, for the single IoU threshold
+0.5 and the area range "all" (a 40th of the matching work of the AP evaluation, the same IoUs and
+annotations). It returns one ``ImageEvaluation`` per (category, image), the equivalent of pycocotools'
+``evalImgs``, whose pickle state (faster-coco-eval >= 1.6, ``csrc/faster_eval_api/faster_eval_api.cpp``) is::
 
-    (detection_matches (T*D,) matched gt id or 0, ground_truth_matches (T*G,) matched dt id or 0,
-     detection_scores (D,) sorted high to low, ground_truth_ignores (G,), detection_ignores (T*D,),
-     matched_annotations [(dt_id, gt_id, iou), ...] in threshold-major, detection order)
+    (detection_matches (D,) matched gt id or 0, ground_truth_matches (G,) matched dt id or 0,
+     detection_scores (D,) sorted high to low, ground_truth_ignores (G,), detection_ignores (D,),
+     matched_annotations [(dt_id, gt_id, iou), ...] in detection order)
 
-for the image's top ``maxDets[-1]`` detections of that class (stable sort by score). Only the first IoU
-threshold (0.5) and the area range "all" are read here: what LRP (Oksuz et al. 2021) and the per-level
-table need. The layout is checked on every call (sizes, and the matched ids against the detections' order
-reconstructed from the results) so that a changed layout fails loudly instead of giving wrong numbers.
+for the image's top ``maxDets[-1]`` detections of that class (stable sort by score). This is what LRP
+(Oksuz et al. 2021) and the per-level table need. The layout is checked on every call (sizes, and the matched
+ids against the detections' order reconstructed from the results) so that a changed layout fails loudly
+instead of giving wrong numbers.
 """
 from __future__ import annotations
 
@@ -70,29 +72,44 @@ def _layout_error(detail: str) -> RuntimeError:
                         f"({detail}); umop reads the layout of faster-coco-eval 1.6-1.8")
 
 
-def read_matches(evaluator) -> CocoMatches:
-    """The IoU-0.5, area-"all" matches of an evaluated ``COCOeval_faster(..., separate_eval=True)``.
+def _evaluate_at_iou_05(evaluator) -> tuple[list, int]:
+    """faster-coco-eval's C++ per-image matching for IoU 0.5, area "all", ``maxDets[-1]`` detections."""
+    import faster_coco_eval.faster_eval_api_cpp as cpp
 
-    Loops over the (category, image) evaluations (the brief's allowed loop); the work per detection is done
-    in numpy on the concatenated arrays.
-    """
     params = evaluator._paramsEval
-    evaluations = getattr(evaluator, "_evalImgs_cpp", None)
-    if evaluations is None:
-        raise ValueError("the evaluator must be built with separate_eval=True and evaluate() must have run")
-    if float(params.iouThrs[0]) != 0.5:
-        raise ValueError(f"the first IoU threshold must be 0.5, got {params.iouThrs[0]}")
-    area_all = [float(v) for v in params.areaRng[0]]
-    if area_all[0] > 0 or area_all[1] < 1e10:
-        raise ValueError(f"the first area range must be 'all', got {params.areaRng[0]}")
-    num_images, num_areas = len(params.imgIds), len(params.areaRng)
-    num_thresholds = len(params.iouThrs)
+    category_ids = params.catIds if params.useCats else [-1]
+    ious = [[evaluator.ious[image_id, category_id] for category_id in category_ids] for image_id in params.imgIds]
+    evaluations = cpp.COCOevalEvaluateImages([[0.0, 1e5 ** 2]], int(params.maxDets[-1]), [0.5], ious,
+                                             evaluator.gt_dataset, evaluator.dt_dataset, params.imgIds,
+                                             params.catIds, bool(params.useCats))
+    return evaluations, 1
+
+
+def read_matches(evaluator) -> CocoMatches:
+    """The IoU-0.5, area-"all" matches of an evaluated ``COCOeval_faster`` (``evaluate()`` has run).
+
+    Loops over the (category, image) evaluations (the allowed loop); no numpy work per entry: lists are
+    extended in the loop and converted once.
+    """
+    params = getattr(evaluator, "_paramsEval", None)
+    if not params or not getattr(evaluator, "ious", None) and params.imgIds:
+        raise ValueError("evaluate() must run before the matches are read")
+    if not params.useCats:
+        raise ValueError("the matches are read per category (params.useCats must be 1)")
+    evaluations, num_thresholds = _evaluate_at_iou_05(evaluator)
+    num_images, num_areas = len(params.imgIds), 1
     category_ids = [int(c) for c in params.catIds]
     if len(evaluations) != len(category_ids) * num_areas * num_images:
         raise _layout_error(f"{len(evaluations)} evaluations for {len(category_ids)} categories x {num_areas} "
                             f"areas x {num_images} images")
-    chunks: dict[str, list] = {key: [] for key in ("category", "image", "score", "gt_id", "dt_id", "iou",
-                                                   "ignored")}
+    # Plain list appends in the loop, one numpy conversion after it: per-entry numpy calls would cost more than
+    # COCO's own evaluation on 5,000 images x 80 classes.
+    counts: list[int] = []
+    entries: list[int] = []
+    scores: list[float] = []
+    gt_ids: list[int] = []
+    ignored: list[bool] = []
+    first_matches: list[tuple] = []
     num_gt = np.zeros(len(category_ids), dtype=np.int64)
     for k in range(len(category_ids)):
         base = k * num_areas * num_images  # area "all" is index 0
@@ -101,35 +118,33 @@ def read_matches(evaluator) -> CocoMatches:
             if len(state) != 6:
                 raise _layout_error(f"state of {len(state)} fields")
             det_matches, _, det_scores, gt_ignores, det_ignores, matched = state
-            num_gt[k] += len(gt_ignores) - sum(gt_ignores)
+            if gt_ignores:
+                num_gt[k] += len(gt_ignores) - sum(gt_ignores)
             num_dets = len(det_scores)
             if not num_dets:
                 continue
             if len(det_matches) != num_thresholds * num_dets or len(det_ignores) != num_thresholds * num_dets:
                 raise _layout_error(f"{len(det_matches)} detection matches for {num_dets} detections")
-            gt_id = np.asarray(det_matches[:num_dets], dtype=np.int64)
-            is_matched = gt_id != 0
-            num_matched = int(is_matched.sum())
-            iou = np.zeros(num_dets)
-            dt_id = np.zeros(num_dets, dtype=np.int64)
-            if num_matched:
-                first = np.asarray(matched[:num_matched], dtype=np.float64).reshape(num_matched, 3)
-                if not np.array_equal(first[:, 1].astype(np.int64), gt_id[is_matched]):
-                    raise _layout_error("matched annotations disagree with the detection matches")
-                dt_id[is_matched] = first[:, 0].astype(np.int64)
-                iou[is_matched] = first[:, 2]
-            chunks["category"].append(np.full(num_dets, k, dtype=np.int64))
-            chunks["image"].append(np.full(num_dets, i, dtype=np.int64))
-            chunks["score"].append(np.asarray(det_scores, dtype=np.float64))
-            chunks["gt_id"].append(gt_id)
-            chunks["dt_id"].append(dt_id)
-            chunks["iou"].append(iou)
-            chunks["ignored"].append(np.asarray(det_ignores[:num_dets], dtype=bool))
-    dtypes = {"category": np.int64, "image": np.int64, "score": np.float64, "gt_id": np.int64,
-              "dt_id": np.int64, "iou": np.float64, "ignored": bool}
-    arrays = {key: np.concatenate(values) if values else np.zeros(0, dtype=dtypes[key])
-              for key, values in chunks.items()}
-    return CocoMatches(**arrays, num_gt=num_gt, category_ids=category_ids,
+            row = det_matches[:num_dets]
+            counts.append(num_dets)
+            entries.append(k * num_images + i)
+            scores.extend(det_scores)
+            gt_ids.extend(row)
+            ignored.extend(det_ignores[:num_dets])
+            first_matches.extend(matched[:num_dets - row.count(0)])  # the first threshold's come first
+    entry = np.repeat(np.asarray(entries, dtype=np.int64), np.asarray(counts, dtype=np.int64))
+    gt_id = np.asarray(gt_ids, dtype=np.int64)
+    is_matched = gt_id != 0
+    first = np.asarray(first_matches, dtype=np.float64).reshape(-1, 3)
+    if len(first) != int(is_matched.sum()) or not np.array_equal(first[:, 1].astype(np.int64), gt_id[is_matched]):
+        raise _layout_error("matched annotations disagree with the detection matches")
+    dt_id = np.zeros(len(gt_id), dtype=np.int64)
+    iou = np.zeros(len(gt_id), dtype=np.float64)
+    dt_id[is_matched] = first[:, 0].astype(np.int64)
+    iou[is_matched] = first[:, 2]
+    return CocoMatches(category=entry // num_images, image=entry % num_images,
+                       score=np.asarray(scores, dtype=np.float64), gt_id=gt_id, dt_id=dt_id, iou=iou,
+                       ignored=np.asarray(ignored, dtype=bool), num_gt=num_gt, category_ids=category_ids,
                        image_ids=[int(i) for i in params.imgIds])
 
 
