@@ -93,5 +93,6 @@ def evaluate_model(model: nn.Module, data_loader: Iterable, device: torch.device
                                   num_classes, class_names)
     metrics["num_images"] = len(image_ids)
     if collect is not None:
-        collect.update(detections=[gathered_dets[i] for i in image_ids], targets=[gathered_targets[i] for i in image_ids])
+        collect.update(detections=[gathered_dets[i] for i in image_ids],
+                       targets=[gathered_targets[i] for i in image_ids])
     return metrics

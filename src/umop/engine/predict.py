@@ -83,7 +83,8 @@ def predict_images(model: nn.Module, image_paths: Sequence[str | Path], out_dir:
     are mapped back to the original pixels. ``OUT_DIR/results.json`` is a COCO results list (image ids are
     1..N in the given order; ``OUT_DIR/images.json`` maps them to the files). Detections below
     ``score_thresh`` (one value, or one per class) are neither drawn nor written. Pictures whose shorter side
-    is below ``min_display_size`` are enlarged by an integer factor (:func:`display_scale`) so that captions stay readable.
+    is below ``min_display_size`` are enlarged by an integer factor (:func:`display_scale`) so that captions
+    stay readable.
 
     Returns ``{"results": path, "images": [png paths], "num_detections": int}``.
     """
@@ -116,6 +117,8 @@ def predict_images(model: nn.Module, image_paths: Sequence[str | Path], out_dir:
             "scores": output["scores"].float().cpu(),
             "labels": output["labels"].cpu(),
         }
+        if "levels" in output:  # the results json keeps each detection's pyramid level ("level")
+            detection["levels"] = output["levels"].cpu()
         detections.append(detection)
         image_records.append({"id": index + 1, "file_name": str(path), "width": int(width), "height": int(height)})
         name = path.stem
