@@ -94,6 +94,9 @@ def test_bad_inputs_give_clear_errors(tmp_path, capsys):
     assert "did you mean atss_pfl" in capsys.readouterr().err.lower()
     assert main(["eval", "demo_synthetic", str(tmp_path / "missing.pt")]) == 2
     assert "missing.pt" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["predict", "demo_synthetic", "x.pt", "a.png", "--out", str(tmp_path), "--score-thresh", "best"])
+    assert "must be a number or 'lrp'" in capsys.readouterr().err
 
 
 def test_subcommands_are_registered(capsys):

@@ -127,15 +127,24 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _score_thresh_argument(text: str) -> float | str:
+    """``--score-thresh``: a number in [0, 1] or ``lrp``."""
+    if text.lower() == "lrp":
+        return "lrp"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number or 'lrp', got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
+    return value
+
+
 def _predict_score_thresh(args: argparse.Namespace, class_names: list[str]) -> tuple[float | list[float], str]:
     """``--score-thresh``: a number, or ``lrp`` = the per-class LRP-optimal thresholds of the checkpoint's
     evaluation (:func:`umop.evaluation.outputs.find_lrp_thresholds`)."""
-    if str(args.score_thresh).lower() != "lrp":
-        try:
-            value = float(args.score_thresh)
-        except ValueError:
-            raise ValueError(f"--score-thresh must be a number or 'lrp', got {args.score_thresh!r}") from None
-        return value, f"{value:g}"
+    if args.score_thresh != "lrp":
+        return float(args.score_thresh), f"{float(args.score_thresh):g}"
     from .evaluation.outputs import find_lrp_thresholds
 
     thresholds, source = find_lrp_thresholds(args.checkpoint, class_names, default=0.3, eval_json=args.eval_json)
@@ -207,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("checkpoint", help="checkpoint file")
     predict.add_argument("images", nargs="+", help="image files or folders")
     predict.add_argument("--out", required=True, help="output folder")
-    predict.add_argument("--score-thresh", default="0.3", metavar="S|lrp",
+    predict.add_argument("--score-thresh", type=_score_thresh_argument, default=0.3, metavar="S|lrp",
                          help="lowest score drawn and written (0.3), or 'lrp': each class' LRP-optimal threshold "
                               "from the checkpoint's evaluation (CHECKPOINT.eval.json of `umop eval`, else "
                               "RUN_DIR/eval.json); classes without one use 0.3")
