@@ -4,7 +4,7 @@ After ``COCOeval_faster.evaluate()`` (which computed the IoUs and loaded the ann
 datasets), faster-coco-eval's C++ ``COCOevalEvaluateImages`` is run once more, for the single IoU threshold
 0.5 and the area range "all" (a 40th of the matching work of the AP evaluation, the same IoUs and
 annotations). It returns one ``ImageEvaluation`` per (category, image), the equivalent of pycocotools'
-``evalImgs``, whose pickle state (faster-coco-eval >= 1.6, ``csrc/faster_eval_api/faster_eval_api.cpp``) is::
+``evalImgs``, whose pickle state (faster-coco-eval 1.8, ``csrc/faster_eval_api/faster_eval_api.cpp``) is::
 
     (detection_matches (D,) matched gt id or 0, ground_truth_matches (G,) matched dt id or 0,
      detection_scores (D,) sorted high to low, ground_truth_ignores (G,), detection_ignores (D,),
@@ -69,10 +69,10 @@ def _layout_error(detail: str) -> RuntimeError:
     import faster_coco_eval
 
     return RuntimeError(f"faster-coco-eval {faster_coco_eval.__version__}: unexpected ImageEvaluation layout "
-                        f"({detail}); umop reads the layout of faster-coco-eval 1.6-1.8")
+                        f"({detail}); umop was written against faster-coco-eval 1.8")
 
 
-def _evaluate_at_iou_05(evaluator) -> tuple[list, int]:
+def _evaluate_at_iou_05(evaluator) -> list:
     """faster-coco-eval's C++ per-image matching for IoU 0.5, area "all", ``maxDets[-1]`` detections."""
     import faster_coco_eval.faster_eval_api_cpp as cpp
 
@@ -82,22 +82,22 @@ def _evaluate_at_iou_05(evaluator) -> tuple[list, int]:
     evaluations = cpp.COCOevalEvaluateImages([[0.0, 1e5 ** 2]], int(params.maxDets[-1]), [0.5], ious,
                                              evaluator.gt_dataset, evaluator.dt_dataset, params.imgIds,
                                              params.catIds, bool(params.useCats))
-    return evaluations, 1
+    return evaluations
 
 
 def read_matches(evaluator) -> CocoMatches:
     """The IoU-0.5, area-"all" matches of an evaluated ``COCOeval_faster`` (``evaluate()`` has run).
 
-    Loops over the (category, image) evaluations (the allowed loop); no numpy work per entry: lists are
-    extended in the loop and converted once.
+    A Python loop over the (category, image) evaluations, as pycocotools' ``accumulate``; no numpy work per
+    entry: lists are extended in the loop and converted to arrays once.
     """
     params = getattr(evaluator, "_paramsEval", None)
     if not params or not getattr(evaluator, "ious", None) and params.imgIds:
         raise ValueError("evaluate() must run before the matches are read")
     if not params.useCats:
         raise ValueError("the matches are read per category (params.useCats must be 1)")
-    evaluations, num_thresholds = _evaluate_at_iou_05(evaluator)
-    num_images, num_areas = len(params.imgIds), 1
+    evaluations = _evaluate_at_iou_05(evaluator)
+    num_images, num_areas, num_thresholds = len(params.imgIds), 1, 1
     category_ids = [int(c) for c in params.catIds]
     if len(evaluations) != len(category_ids) * num_areas * num_images:
         raise _layout_error(f"{len(evaluations)} evaluations for {len(category_ids)} categories x {num_areas} "
