@@ -91,3 +91,14 @@ def test_override_syntax_errors():
     with pytest.raises(ConfigError, match="key.sub=value"):
         apply_overrides({}, ["solver.lr"])
     assert config_from_dict(apply_overrides({}, ["name=my run"])).name == "my run"
+
+
+def test_pfl_config_comments_give_the_formula_the_code_implements():
+    from umop.engine.config import packaged_config_dir
+
+    texts = {path.name: path.read_text() for path in packaged_config_dir().glob("*_pfl.yaml")}
+    assert len(texts) >= 4
+    for name, text in texts.items():
+        assert "gamma + delta * (1" not in text, name
+        if "level-wise resampling" in text:
+            assert "clamp(raw, gamma - delta, gamma + delta)" in text and "alpha_ad = w / gamma_ad" in text, name

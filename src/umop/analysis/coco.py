@@ -78,7 +78,7 @@ def _image_size(record: dict, image_dir: Path, ann_file: Path) -> tuple[int, int
         return image.size
 
 
-def load_coco(ann_file: str | Path, image_dir: str | Path) -> CocoIndex:
+def load_coco(ann_file: str | Path, image_dir: str | Path | None = None) -> CocoIndex:
     """Read a COCO detection json into a :class:`CocoIndex`.
 
     Boxes with zero or negative size and ``iscrowd`` boxes are skipped (as in training), with one warning
@@ -89,10 +89,15 @@ def load_coco(ann_file: str | Path, image_dir: str | Path) -> CocoIndex:
         ValueError: the json is missing/invalid or lists no images, ``image_dir`` does not exist, or an
             annotation names an unknown image or category.
     """
-    ann_file, image_dir = Path(ann_file), Path(image_dir)
+    ann_file = Path(ann_file)
+    data = _read_json(ann_file)
+    if image_dir is None:  # the folder `umop data convert` recorded, else the json's folder
+        from umop.data.coco import default_image_dir
+
+        image_dir = default_image_dir(data, ann_file)
+    image_dir = Path(image_dir)
     if not image_dir.is_dir():
         raise ValueError(f"image directory {image_dir} does not exist (--images)")
-    data = _read_json(ann_file)
     if not data["images"]:
         raise ValueError(f"annotation file {ann_file} lists no images: nothing to analyse")
     categories = sorted(data.get("categories") or [], key=lambda category: category["id"])
