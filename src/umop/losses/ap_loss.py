@@ -44,16 +44,20 @@ there); with no positive the loss is 0 with zero gradient (as there).
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ._weights import broadcast_weight
+from .base import ClassificationLoss
+from .ranking import sorted_step_sums, sorted_step_update, step_function
 
 __all__ = ["ap_loss", "APLoss", "APLossFunction"]
 
 
-def _step(x: Tensor, delta: float) -> Tensor:
-    """Piecewise step function f(x) (AP-Loss Sec. 3.3)."""
-    return (x / (2 * delta) + 0.5).clamp_(0.0, 1.0)
+def _check_options(delta: float, method: str) -> None:
+    if delta <= 0:
+        raise ValueError(f"delta must be positive, got {delta!r}")
+    if method not in ("sort", "matrix"):
+        raise ValueError(f"method must be 'sort' or 'matrix', got {method!r}")
 
 
 def _matrix_sums(fg: Tensor, bg: Tensor, delta: float, max_elements: int) -> tuple[Tensor, Tensor]:
@@ -65,8 +69,8 @@ def _matrix_sums(fg: Tensor, bg: Tensor, delta: float, max_elements: int) -> tup
     with_neg = torch.empty_like(fg)
     for start in range(0, num_pos, chunk):           # chunks of positives, not single samples
         fi = fg[start:start + chunk, None]
-        with_pos[start:start + chunk] = _step(fg[None, :] - fi, delta).sum(1)
-        with_neg[start:start + chunk] = _step(bg[None, :] - fi, delta).sum(1)
+        with_pos[start:start + chunk] = step_function(fg[None, :] - fi, delta).sum(1)
+        with_neg[start:start + chunk] = step_function(bg[None, :] - fi, delta).sum(1)
     return with_pos, with_neg
 
 
@@ -77,43 +81,8 @@ def _matrix_update(fg: Tensor, bg: Tensor, coef: Tensor, delta: float, max_eleme
     out = torch.zeros_like(bg)
     for start in range(0, num_pos, chunk):
         fi = fg[start:start + chunk, None]
-        out += (_step(bg[None, :] - fi, delta) * coef[start:start + chunk, None]).sum(0)
+        out += (step_function(bg[None, :] - fi, delta) * coef[start:start + chunk, None]).sum(0)
     return out
-
-
-def _sorted_step_sums(queries: Tensor, values: Tensor, delta: float, coef: Tensor | None = None) -> Tensor:
-    """``sum_k c_k f(v_k - q)`` for every query q, exactly, in O((Q + V) log V) (``c = 1`` when ``coef`` is None).
-
-    f(v - q) is 1 for ``v > q + delta``, ``(v - q + delta) / (2 delta)`` for ``|v - q| <= delta`` and 0 below:
-    with ``values`` sorted, the two boundaries come from ``searchsorted`` and the window sums from prefix sums
-    of ``c`` and ``c * v`` (float64).
-    """
-    v, order = torch.sort(values)
-    c = torch.ones_like(v, dtype=torch.float64) if coef is None else coef[order].double()
-    zero = c.new_zeros(1)
-    csum_c = torch.cat([zero, c.cumsum(0)])
-    csum_cv = torch.cat([zero, (c * v.double()).cumsum(0)])
-    lo = torch.searchsorted(v, queries - delta, right=False)   # first v >= q - delta
-    hi = torch.searchsorted(v, queries + delta, right=True)    # first v > q + delta
-    q = queries.double()
-    above = csum_c[-1] - csum_c[hi]
-    window = ((csum_cv[hi] - csum_cv[lo]) - (q - delta) * (csum_c[hi] - csum_c[lo])) / (2 * delta)
-    return (above + window).to(queries.dtype)
-
-
-def _sorted_update(fg: Tensor, bg: Tensor, coef: Tensor, delta: float) -> Tensor:
-    """``sum_i coef_i f(bg_j - fg_i)`` per negative j: positives below ``bg_j - delta`` count fully, those
-    within ``delta`` linearly (prefix sums over the sorted positives)."""
-    s, order = torch.sort(fg)
-    c = coef[order].double()
-    zero = c.new_zeros(1)
-    csum_c = torch.cat([zero, c.cumsum(0)])
-    csum_cs = torch.cat([zero, (c * s.double()).cumsum(0)])
-    lo = torch.searchsorted(s, bg - delta, right=False)        # positives with s < b - delta: f = 1
-    hi = torch.searchsorted(s, bg + delta, right=True)         # positives with s <= b + delta
-    b = bg.double()
-    window = ((b + delta) * (csum_c[hi] - csum_c[lo]) - (csum_cs[hi] - csum_cs[lo])) / (2 * delta)
-    return (csum_c[lo] + window).to(bg.dtype)
 
 
 class APLossFunction(torch.autograd.Function):
@@ -140,7 +109,7 @@ class APLossFunction(torch.autograd.Function):
         if method == "matrix":
             with_pos, false_pos = _matrix_sums(fg, bg, delta, max_elements)
         else:
-            with_pos, false_pos = _sorted_step_sums(fg, fg, delta), _sorted_step_sums(fg, bg, delta)
+            with_pos, false_pos = sorted_step_sums(fg, fg, delta), sorted_step_sums(fg, bg, delta)
         # the sum over all positives includes k = i with f(0) = 1/2: rank+ = 1 + sum_{k != i} f = 1/2 + sum_k f
         rank_pos = 0.5 + with_pos
         rank = rank_pos + false_pos
@@ -159,7 +128,7 @@ class APLossFunction(torch.autograd.Function):
         if method == "matrix":
             update[relevant] = _matrix_update(fg, bg, coef, delta, max_elements)
         else:
-            update[relevant] = _sorted_update(fg, bg, coef, delta)
+            update[relevant] = sorted_step_update(fg, bg, coef, delta)
         update[positive] = -(1 - interp)                  # = -sum_j L_ij (scaled), Alg. 1
         ctx.save_for_backward(update.to(logits.dtype))
         return (1 - interp).sum().to(logits.dtype)
@@ -199,10 +168,7 @@ def ap_loss(pred: Tensor, target: Tensor, weight: Tensor | None = None, reductio
     if target.shape != pred.shape:
         raise ValueError(f"pred and target must have the same shape, got pred {tuple(pred.shape)} and "
                          f"target {tuple(target.shape)}")
-    if delta <= 0:
-        raise ValueError(f"delta must be positive, got {delta!r}")
-    if method not in ("sort", "matrix"):
-        raise ValueError(f"method must be 'sort' or 'matrix', got {method!r}")
+    _check_options(delta, method)
     if not pred.is_floating_point():
         raise ValueError(f"pred must be a floating point tensor, got dtype {pred.dtype}")
     if not bool(((target == 0) | (target == 1) | (target == -1)).all()):
@@ -221,26 +187,27 @@ def ap_loss(pred: Tensor, target: Tensor, weight: Tensor | None = None, reductio
     return total / divisor
 
 
-class APLoss(nn.Module):
-    """Module form of :func:`ap_loss` with ``loss_weight``."""
+class APLoss(ClassificationLoss):
+    """AP-Loss (Chen et al., CVPR 2019) as a detector's classification loss (config name ``ap_loss``).
 
-    def __init__(self, delta: float = 1.0, interpolated: bool = True, reduction: str = "mean",
-                 loss_weight: float = 1.0, method: str = "sort") -> None:
-        super().__init__()
-        if delta <= 0:
-            raise ValueError(f"delta must be positive, got {delta!r}")
-        if reduction not in ("mean", "sum"):
-            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
-        self.delta = float(delta)
-        self.interpolated = bool(interpolated)
-        if method not in ("sort", "matrix"):
-            raise ValueError(f"method must be 'sort' or 'matrix', got {method!r}")
-        self.method = method
-        self.reduction = reduction
-        self.loss_weight = float(loss_weight)
+    :class:`~umop.losses.base.ClassificationLoss` protocol: every (image, prior, class) element with
+    weight > 0 is ranked against all others; the loss is ``sum_i (1 - prec_i) / avg_factor``, i.e.
+    ``1 - AP`` when ``avg_factor`` is the number of positives (as the detectors pass it). Its backward is the
+    error-driven update. A ranking loss over the whole batch uses no sampler (``accepts_sampler = False``).
+    """
 
-    def forward(self, pred: Tensor, target: Tensor, weight: Tensor | None = None,
-                avg_factor: float | Tensor | None = None, reduction_override: str | None = None) -> Tensor:
-        reduction = reduction_override or self.reduction
-        return self.loss_weight * ap_loss(pred, target, weight, reduction, avg_factor, delta=self.delta,
-                                          interpolated=self.interpolated, method=self.method)
+    accepts_sampler = False
+
+    def __init__(self, delta: float = 1.0, interpolated: bool = True, method: str = "sort",
+                 loss_weight: float = 1.0) -> None:
+        super().__init__(loss_weight)
+        _check_options(delta, method)
+        self.delta, self.interpolated, self.method = float(delta), bool(interpolated), method
+
+    def compute(self, logits, targets, num_priors_per_level, weight, avg_factor, *, quality, loc_error):
+        loss = ap_loss(logits, targets, weight, "sum", delta=self.delta, interpolated=self.interpolated,
+                       method=self.method)
+        return loss / avg_factor, {}
+
+    def extra_repr(self) -> str:
+        return f"delta={self.delta}, interpolated={self.interpolated}, method={self.method!r}"
