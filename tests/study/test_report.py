@@ -24,7 +24,8 @@ def _fake_cell(spec: StudySpec, cell, ap: float, stopped_early: bool = False) ->
                                        f"output_dir={cell.run_dir}"])
     save_config(config, cell.run_dir / "config.yaml")
     history = [{"epoch": epoch, "iter": 10 * epoch, "AP": ap * epoch / 4, "AP50": 0.6, "AP75": 0.2, "APs": -1.0,
-                "APm": 0.25, "APl": 0.4, "per_class": {"a": ap + 0.01, "b": ap - 0.01}, "num_images": 4}
+                "APm": 0.25, "APl": 0.4, "per_class": {"a": ap + 0.01, "b": ap - 0.01}, "num_images": 4,
+                "num_failed_images": 0, "oLRP": 1 - ap, "per_class_lrp": {"a": {"oLRP": 0.9, "FP": 0.2}}}
                for epoch in (1, 2, 3, 4)]
     (cell.run_dir / "eval.json").write_text(json.dumps(history))
     (cell.run_dir / "summary.json").write_text(json.dumps(
@@ -79,6 +80,8 @@ def test_report_statistics_and_markdown_agree_with_json(fake_study, capsys):
     assert difference["mean"] == pytest.approx(0.013333, abs=1e-6)  # the hand case of test_stats
     assert difference["ci"] == pytest.approx([-0.038384, 0.065050], abs=2e-5)
     assert "APs" not in saved["metrics"]  # -1 (not measurable) is not averaged
+    assert "num_failed_images" not in saved["metrics"] and "oLRP/a" in saved["metrics"]
+    assert saved["differences"]["pfl"]["oLRP"]["mean"] == pytest.approx(-0.013333, abs=1e-6)
     markdown = open(f"{out}/study.md").read()
     # every mean +- std of the first table is the json's, rounded
     table = markdown.split("## Mean")[1].split("\n\n")[1].splitlines()
@@ -90,6 +93,7 @@ def test_report_statistics_and_markdown_agree_with_json(fake_study, capsys):
             mean, std = map(float, re.findall(r"-?\d+\.\d", text))
             entry = saved["summary"][variant][column]
             assert (mean, std) == (round(100 * entry["mean"], 1), round(100 * entry["std"], 1))
+    assert "## Per-class oLRP (lower is better)" in markdown
     assert "pfl minus focal: AP +1.3 points (paired over 3 seeds, 95% interval -3.8 to +6.5)" in markdown
     assert "The interval contains 0" in markdown
     assert "1 of 6 cells were stopped early by `solver.max_train_seconds`" in markdown  # the time cap is told

@@ -22,14 +22,15 @@ from .stats import mean_std, paired_difference
 __all__ = ["write_reports", "cell_metrics", "build_record", "render_markdown", "MAIN_METRICS"]
 
 MAIN_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-_SKIP_KEYS = ("epoch", "iter", "num_images")
+_SKIP_KEYS = ("epoch", "iter", "num_images", "num_failed_images")
 MAX_LEVEL_IMAGES = 300  # the level-imbalance figure assigns at most this many training images
 ANALYSIS_SIZE = (800, 1333)  # the test size of UMOP Fig. 2 (COCO), drawn too when the training size is smaller
 
 
 def cell_metrics(evaluation: dict[str, Any] | None) -> dict[str, float]:
     """Flat metrics of one evaluation: scalar keys as they are (AP, AP50, ..., oLRP...), dict-valued keys as
-    ``key/name`` (``per_class`` becomes ``AP/<class>``). Values -1 (not measurable) and NaN are dropped."""
+    ``key/name`` (``per_class`` becomes ``AP/<class>``, ``per_class_lrp``'s ``oLRP`` entries ``oLRP/<class>``).
+    Values -1 (not measurable) and NaN are dropped."""
     out: dict[str, float] = {}
     for key, value in (evaluation or {}).items():
         if key in _SKIP_KEYS:
@@ -40,6 +41,8 @@ def cell_metrics(evaluation: dict[str, Any] | None) -> dict[str, float]:
         elif isinstance(value, dict):
             prefix = "AP" if key == "per_class" else key
             for name, item in value.items():
+                if key == "per_class_lrp" and isinstance(item, dict):
+                    prefix, item = "oLRP", item.get("oLRP")
                 if isinstance(item, (int, float)) and not isinstance(item, bool) and item >= 0 and math.isfinite(item):
                     out[f"{prefix}/{name}"] = float(item)
     return out
@@ -50,8 +53,9 @@ def _metric_order(keys: set[str]) -> list[str]:
     lrp = sorted(k for k in keys if "LRP" in k and "/" not in k)
     others = sorted(k for k in keys if "/" not in k and k not in main and k not in lrp)
     per_class = [k for k in sorted(keys) if k.startswith("AP/")]
-    rest = sorted(k for k in keys if "/" in k and not k.startswith("AP/"))
-    return main + lrp + others + per_class + rest
+    per_class_lrp = [k for k in sorted(keys) if k.startswith("oLRP/")]
+    rest = sorted(k for k in keys if "/" in k and not k.startswith(("AP/", "oLRP/")))
+    return main + lrp + others + per_class + per_class_lrp + rest
 
 
 def _final_evaluation(state: dict[str, Any]) -> dict[str, Any] | None:
@@ -237,6 +241,11 @@ def _tables(record: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
         rows = [[v, *[_mean_pm(summary[v].get(m)) for m in per_class]] for v in variants]
         tables.append(("Per-class AP, mean ± standard deviation over seeds", ["variant", *[m[3:] for m in per_class]],
                        rows, []))
+    per_class_lrp = [m for m in metrics if m.startswith("oLRP/")]
+    if per_class_lrp:
+        rows = [[v, *[_mean_pm(summary[v].get(m)) for m in per_class_lrp]] for v in variants]
+        tables.append(("Per-class oLRP (lower is better), mean ± standard deviation over seeds",
+                       ["variant", *[m[5:] for m in per_class_lrp]], rows, []))
     others = [v for v in variants if v != baseline]
     if others and metrics:
         shown = scalar + per_class
