@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
 from ..assigners.common import AssignResult, PaddedTargets, pad_targets, validate_targets
+from ..losses._precision import upcast_low_precision
 from ..losses.progressive import level_index_for, level_matrix_for
 from .backbone import feature_size
 
@@ -272,11 +273,13 @@ class OneStageDetector(nn.Module):
         features = self.backbone(batch)
         head_outputs = self.head(features)
         priors, counts = self.priors_for_features(features)
-        if self.training:
+        if self.training:  # under AMP: assignment, losses and level statistics in float32, outside autocast
             feature_sizes = [(int(f.shape[-2]), int(f.shape[-1])) for f in features]
             prior_valid = self.prior_valid_flags(image_sizes, feature_sizes, batch.device)
-            assign_result = self.assign(priors, counts, gt, prior_valid)
-            return self.compute_losses(head_outputs, priors, assign_result, gt)
+            with torch.autocast(batch.device.type, enabled=False):
+                head_outputs = {key: upcast_low_precision(value) for key, value in head_outputs.items()}
+                assign_result = self.assign(priors, counts, gt, prior_valid)
+                return self.compute_losses(head_outputs, priors, assign_result, gt)
         return self.postprocess(head_outputs, priors, counts, image_sizes)
 
     # ------------------------------------------------------------------ losses
