@@ -28,10 +28,11 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML config: a path (configs/atss_pfl.yaml) or a packaged name (atss_pfl)")
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="override config values, e.g. --set solver.lr=0.005 batch_size=8 "
-                             "data.min_size=[640,800] model.options.delta=0.5")
+                             "data.min_size=[640,800] model.cls_loss_options.delta=0.5")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from .analysis.objective import objective_log_hooks
     from .engine import Trainer, load_config
     from .engine.distributed import cleanup_distributed
 
@@ -40,7 +41,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overrides.append(f"output_dir={args.out}")
     config = load_config(args.config, overrides)
     try:
-        summary = Trainer(config, resume=args.resume).train()
+        summary = Trainer(config, resume=args.resume,
+                          log_hooks=objective_log_hooks(config.log.objective_every)).train()
     finally:
         cleanup_distributed()
     from .engine.distributed import is_main_process

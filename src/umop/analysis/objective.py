@@ -109,3 +109,27 @@ def loss_gradient_norms(model: nn.Module, images: list[torch.Tensor],
                 if name in saved_buffers and saved_buffers[name].shape == buffer.shape:
                     buffer.copy_(saved_buffers[name])
     return norms
+
+
+class ObjectiveLogHook:
+    """Training-log hook (``umop.engine.Trainer(log_hooks=[...])``): every ``every`` iterations, the
+    gradient norm of each loss at the FPN features, logged as ``objective/grad_norm/<loss>``.
+
+    ``hook(model, images, targets) -> {"objective/grad_norm/loss_cls": float, ...}``; the engine calls it and
+    does not import ``umop.analysis``.
+    """
+
+    def __init__(self, every: int) -> None:
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        self.every = int(every)
+
+    def __call__(self, model: nn.Module, images: list[torch.Tensor],
+                 targets: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+        norms = loss_gradient_norms(model, images, targets)
+        return {f"objective/grad_norm/{key}": float(value) for key, value in norms.items()}
+
+
+def objective_log_hooks(objective_every: int) -> list[ObjectiveLogHook]:
+    """The hooks that config key ``log.objective_every`` asks for (none when it is 0)."""
+    return [ObjectiveLogHook(objective_every)] if objective_every > 0 else []

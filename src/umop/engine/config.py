@@ -3,11 +3,13 @@
 A config file is a nested mapping whose sections mirror :class:`Config`::
 
     _base_: atss_focal.yaml          # optional, path relative to this file (or a packaged config name)
-    model: {name: atss, cls_loss: pfl, options: {gamma: 2.0, delta: 0.5}}
+    model: {name: atss, cls_loss: pfl, cls_loss_options: {gamma: 2.0, delta: 0.5}}
     solver: {lr: 0.01, epochs: 12, steps: [8, 11]}
 
 Unknown keys and values of the wrong type fail with a :class:`ConfigError` naming the key and the nearest
 valid key (``difflib.get_close_matches``), e.g. ``unknown config key 'solver.lrr' (did you mean 'solver.lr'?)``.
+The model section is checked against :mod:`umop.models.build` when the config is loaded (detector name and
+options, each component's name and typed options, the combination), before any data is touched.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from pathlib import Path
 from typing import Any, Union
 
 import yaml
+
+from ..models.build import check_model_options
 
 __all__ = [
     "Config", "ModelConfig", "DataConfig", "SyntheticDataConfig", "SolverConfig", "LogConfig", "EvalConfig",
@@ -38,16 +42,40 @@ class ConfigError(ValueError):
 class ModelConfig:
     """Arguments of :func:`umop.models.build_detector`.
 
-    ``options`` holds the detector- and loss-specific keyword arguments (e.g. PFL ``gamma``, ``delta``,
-    ``w``, ``estimator``; ``fpn_channels``); it is passed through unchecked.
+    Each remedy is a name with its typed options: ``cls_loss`` (``umop.losses.CLS_LOSSES``; empty = the
+    detector's default) + ``cls_loss_options`` (e.g. PFL ``{gamma: 2.0, delta: 0.5, estimator: official}``),
+    ``box_loss`` + ``box_loss_options`` (``umop.losses.BOX_LOSSES``), ``sampler`` + ``sampler_options``
+    (``umop.samplers.SAMPLERS``), ``reweighting`` + ``reweighting_options`` (``pisa``). ``options`` holds the
+    detector's and the backbone's keyword arguments (``fpn_channels``, ``score_thresh``, ``loss_weights``, ...).
+    All are validated when the config is loaded (unknown name or option: the nearest valid one).
     """
 
     name: str = "atss"
     num_classes: int = 80
     backbone: str = "resnet50"
     pretrained_backbone: bool = False
-    cls_loss: str = "focal"
+    cls_loss: str = ""
+    cls_loss_options: dict = field(default_factory=dict)
+    box_loss: str = ""
+    box_loss_options: dict = field(default_factory=dict)
+    sampler: str = ""
+    sampler_options: dict = field(default_factory=dict)
+    reweighting: str = ""
+    reweighting_options: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)
+
+    def component_arguments(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`umop.models.build_detector` for the components (empty = default)."""
+        arguments: dict[str, Any] = {}
+        for key in MODEL_COMPONENTS:
+            arguments[key] = getattr(self, key) or None
+            arguments[f"{key}_options"] = dict(getattr(self, f"{key}_options"))
+        return arguments
+
+
+MODEL_COMPONENTS = ("cls_loss", "box_loss", "sampler", "reweighting")
+# the free-form mappings of the model section (their keys are checked by umop.models.build, not here)
+MODEL_OPTION_KEYS = ("options",) + tuple(f"{key}_options" for key in MODEL_COMPONENTS)
 
 
 @dataclass
@@ -191,9 +219,9 @@ def resolve_config_path(name_or_path: str | Path, relative_to: Path | None = Non
 def _deep_merge(base: dict, update: dict) -> dict:
     out = copy.deepcopy(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "options":
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in MODEL_OPTION_KEYS:
             out[key] = _deep_merge(out[key], value)
-        elif isinstance(value, dict) and isinstance(out.get(key), dict):  # model.options: merged too
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):  # model.*options: merged one level
             out[key] = {**out[key], **value}
         else:
             out[key] = copy.deepcopy(value)
@@ -252,12 +280,11 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     """Check / convert ``value`` to the annotated type ``hint``; raise ConfigError naming ``key``."""
     origin = typing.get_origin(hint)
     if origin in (Union, types.UnionType):
-        errors = []
         for option in typing.get_args(hint):
             try:
                 return _coerce(value, option, key, source)
-            except ConfigError as error:
-                errors.append(str(error))
+            except ConfigError:
+                pass
         raise ConfigError(f"{source}config key '{key}' expects {_type_name(hint)}, got {value!r}")
     if hint is Any:
         return value
@@ -347,6 +374,16 @@ def validate_config(config: Config) -> None:
     for ok, key, message in checks:
         if not ok:
             raise ConfigError(f"config key '{key}' {message}, got {_get(config, key)!r}")
+    validate_model(config.model)
+
+
+def validate_model(model: ModelConfig) -> None:
+    """Check the detector name, its options and every component name / option / combination against
+    :mod:`umop.models.build` (nothing is built); ConfigError naming the config key and the nearest name."""
+    try:
+        check_model_options(model.name, model.num_classes, options=model.options, **model.component_arguments())
+    except ValueError as error:
+        raise ConfigError(f"config section 'model': {error}") from None
 
 
 def _get(config: Config, key: str) -> Any:
@@ -377,14 +414,15 @@ def parse_override(text: str) -> tuple[str, Any]:
 def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
     """Apply ``key.sub=value`` overrides to a nested config dict (returns a new dict).
 
-    Keys are checked against :class:`Config`; ``model.options.<name>`` keys are free-form.
+    Keys are checked against :class:`Config`; the keys below ``model.options`` and ``model.*_options`` are
+    checked when the config is built (:func:`validate_model`).
     """
     data = copy.deepcopy(data)
     valid = set(_valid_keys(Config))
     for text in overrides or []:
         key, value = parse_override(text)
         parts = key.split(".")
-        is_option = parts[:2] == ["model", "options"] and len(parts) >= 3
+        is_option = len(parts) >= 3 and parts[0] == "model" and parts[1] in MODEL_OPTION_KEYS
         if key not in valid and not is_option:
             raise _unknown_key_error(key, "--set: ")
         node = data

@@ -14,7 +14,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -30,6 +30,16 @@ from .logger import RunLogger, level_statistics, truncate_log
 from .schedule import WarmupStepLR, build_optimizer
 
 __all__ = ["Trainer", "NonFiniteLossError", "format_metrics"]
+
+
+class LogHook(Protocol):
+    """Adds entries to a ``log.jsonl`` record every ``every`` iterations: ``hook(model, images, targets) ->
+    {key: float}`` (e.g. :class:`umop.analysis.objective.ObjectiveLogHook`; the engine imports no analysis)."""
+
+    every: int
+
+    def __call__(self, model: nn.Module, images: list[torch.Tensor],
+                 targets: list[dict[str, Any]]) -> dict[str, float]: ...
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -73,8 +83,12 @@ class Trainer:
 
     def __init__(self, config: Config, run_dir: str | Path | None = None, resume: str | Path | None = None,
                  *, model: nn.Module | None = None, train_dataset: Dataset | None = None,
-                 val_dataset: Dataset | None = None) -> None:
+                 val_dataset: Dataset | None = None, log_hooks: Sequence[LogHook] = ()) -> None:
         self.config = config
+        self.log_hooks = list(log_hooks)
+        if config.log.objective_every > 0 and not self.log_hooks:
+            warnings.warn("log.objective_every is set but no log hook was given: pass "
+                          "log_hooks=umop.analysis.objective.objective_log_hooks(every) (the CLI does)", stacklevel=2)
         self.run_dir = Path(run_dir or config.output_dir or Path("runs") / (config.name or "run"))
         self.device = init_distributed(config.device)
         self.is_main = is_main_process()
@@ -343,20 +357,12 @@ class Trainer:
                      for k, v in stats.items() if isinstance(v, torch.Tensor)}
         entry.update(scalars)
         entry.update(level_statistics(stats))
-        every = self.config.log.objective_every
-        if every > 0 and self.iteration % every == 0:
-            entry.update(self._objective_norms(images, targets))
+        for hook in self.log_hooks:
+            if self.iteration % hook.every == 0:
+                entry.update(hook(self.model, images, targets))
+                self.model.train()
         if self.logger is not None:
             self.logger.log(entry)
-
-    def _objective_norms(self, images: list[torch.Tensor], targets: list[dict[str, Any]]) -> dict[str, float]:
-        try:
-            from ..analysis.objective import loss_gradient_norms
-        except ImportError:  # pragma: no cover - analysis ships with the package
-            return {}
-        norms = loss_gradient_norms(self.model, images, targets)
-        self.model.train()
-        return {f"objective/grad_norm/{k}": float(v) for k, v in norms.items()}
 
     # ------------------------------------------------------------------------------------------- evaluation
     def evaluate(self) -> dict[str, Any]:
