@@ -31,8 +31,8 @@ def retinanet_sized_inputs(device: torch.device, images: int = 2, size: int = 64
     positive_class = torch.randint(num_classes, (images, num_anchors), generator=generator)
     targets[positive_anchor, positive_class[positive_anchor]] = 1
     weight = (torch.rand(images, num_anchors, generator=generator) > 0.05).float()  # some ignored anchors
-    normalizer = positive_anchor.sum().clamp(min=1).float()
-    return logits, targets.to(device), weight.to(device), normalizer.to(device), num_anchors_per_level
+    avg_factor = positive_anchor.sum().clamp(min=1).float()
+    return logits, targets.to(device), weight.to(device), avg_factor.to(device), num_anchors_per_level
 
 
 def main() -> None:
@@ -44,21 +44,21 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    logits, targets, weight, normalizer, num_anchors_per_level = retinanet_sized_inputs(device)
+    logits, targets, weight, avg_factor, num_anchors_per_level = retinanet_sized_inputs(device)
     print(f"device={device} threads={torch.get_num_threads()} torch={torch.__version__} "
           f"torchvision={torchvision.__version__} logits={tuple(logits.shape)} ({logits.numel() / 1e6:.1f} M)")
 
     def run_torchvision(x):
         loss = torchvision.ops.sigmoid_focal_loss(x, targets, reduction="none")
-        return (loss * weight.unsqueeze(-1)).sum() / normalizer
+        return (loss * weight.unsqueeze(-1)).sum() / avg_factor
 
     def run_umop_focal(x):
         # the normaliser folded into the weight: the fastest way to call it (backward then needs no copy),
         # so the PFL / umop focal ratio is measured against umop's best focal loss
-        return sigmoid_focal_loss(x, targets, reduction="sum", weight=weight / normalizer)
+        return sigmoid_focal_loss(x, targets, reduction="sum", weight=weight / avg_factor)
 
     def run_pfl(x):
-        return progressive_focal_loss(x, targets, num_anchors_per_level, weight=weight, normalizer=normalizer)
+        return progressive_focal_loss(x, targets, num_anchors_per_level, weight=weight, avg_factor=avg_factor)
 
     def forward_backward(loss_fn):
         return lambda: loss_fn(logits.detach().requires_grad_(True)).backward()

@@ -141,7 +141,11 @@ def test_reduction_avg_factor_and_module():
     total = ap_loss(x, labels, reduction="sum")
     assert total.item() == pytest.approx(mean.item() * int(labels.sum()), rel=1e-6)
     assert ap_loss(x, labels, avg_factor=2.0).item() == pytest.approx(total.item() / 2, rel=1e-6)
-    assert APLoss(loss_weight=3.0)(x, labels).item() == pytest.approx(3 * mean.item(), rel=1e-6)
+    # the module: (B, A, C) logits, avg_factor = number of positives gives 1 - AP
+    module_loss, stats = APLoss(loss_weight=3.0)(x.view(1, 40, 1), labels.view(1, 40, 1).float(), [30, 10],
+                                                 avg_factor=labels.sum().float())
+    assert module_loss.item() == pytest.approx(3 * mean.item(), rel=1e-6)
+    assert stats["num_positive"].sum().item() == labels.sum().item()
 
 
 def test_bad_input():

@@ -85,14 +85,21 @@ def test_gradcheck_float64():
 
 def test_hand_worked_value():
     # x = 0: p = 0.5, p_t = 0.5, ce = log 2; positive: 0.25 * log2 * 0.25; negative: 0.75 * log2 * 0.25
-    loss = sigmoid_focal_loss(torch.zeros(1, 2), torch.tensor([[1.0, 0.0]]))
+    loss = sigmoid_focal_loss(torch.zeros(1, 2), torch.tensor([[1.0, 0.0]]), reduction="none")
     torch.testing.assert_close(loss, torch.tensor([[0.0625, 0.1875]]) * torch.log(torch.tensor(2.0)))
+    # default reduction "mean" (mmdetection's convention); avg_factor divides the sum instead
+    mean = sigmoid_focal_loss(torch.zeros(1, 2), torch.tensor([[1.0, 0.0]]))
+    torch.testing.assert_close(mean, torch.tensor(0.125) * torch.log(torch.tensor(2.0)))
+    with_factor = sigmoid_focal_loss(torch.zeros(1, 2), torch.tensor([[1.0, 0.0]]), avg_factor=4.0)
+    torch.testing.assert_close(with_factor, torch.tensor(0.0625) * torch.log(torch.tensor(2.0)))
 
 
 def test_bad_input_errors_name_the_argument():
     logits, targets = _inputs(shape=(2, 5, 3))
-    with pytest.raises(ValueError, match="targets"):
+    with pytest.raises(ValueError, match="target"):
         sigmoid_focal_loss(logits, targets[:, :4])
+    with pytest.raises(ValueError, match="avg_factor"):
+        sigmoid_focal_loss(logits, targets, reduction="sum", avg_factor=2.0)
     with pytest.raises(ValueError, match="reduction"):
         sigmoid_focal_loss(logits, targets, reduction="avg")
     with pytest.raises(ValueError, match="weight"):

@@ -87,12 +87,14 @@ def test_ghmc_hand_worked():
     assert ghmc_loss(pred, target, reduction="sum").item() == pytest.approx(4 * expected, rel=1e-12)
     assert ghmc_loss(pred, target, avg_factor=2.0).item() == pytest.approx(2 * expected, rel=1e-12)
     # momentum 0.75: EMA counts 0.25 * 3 = 0.75 and 0.25 * 1 = 0.25 after the first call
+    # the module is a detector classification loss: (B, A, C) logits, per-level prior counts, (loss, stats)
     mod = GHMCLoss(momentum=0.75).double()
-    first = mod(pred, target)
+    first, stats = mod(pred.view(1, 4, 1), target.view(1, 4, 1), [3, 1])
+    assert stats["num_anchors"].tolist() == [3.0, 1.0] and stats["num_positive"].tolist() == [0.0, 0.0]
     assert mod.acc_sum.tolist() == pytest.approx([0.75] + [0] * 8 + [0.25])
     exp1 = (3 * (4 / 0.75 / 2) * -math.log(0.95) + (4 / 0.25 / 2) * -math.log(0.05)) / 4
     assert first.item() == pytest.approx(exp1, rel=1e-12)
-    mod(pred, target)  # second call: 0.75 * 0.75 + 0.25 * 3 = 1.3125; 0.75 * 0.25 + 0.25 = 0.4375
+    mod(pred.view(1, 4, 1), target.view(1, 4, 1), [4])  # second call: 0.75 * 0.75 + 0.25 * 3 = 1.3125; 0.75 * 0.25 + 0.25 = 0.4375
     assert mod.acc_sum.tolist() == pytest.approx([1.3125] + [0] * 8 + [0.4375])
 
 

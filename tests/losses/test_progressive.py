@@ -46,7 +46,7 @@ def test_hand_worked_gamma_alpha_per_level():
 
 def test_loss_equals_torchvision_focal_loss_per_level_with_the_adapted_parameters():
     logits, targets, levels = _four_level_case()
-    loss, stats = progressive_focal_loss(logits, targets, levels, return_stats=True, normalizer=3.0)
+    loss, stats = progressive_focal_loss(logits, targets, levels, return_stats=True, avg_factor=3.0)
     expected_levels = []
     for level, (gamma, alpha) in enumerate(zip(stats["gamma_ad"].tolist(), stats["alpha_ad"].tolist())):
         part = slice(2 * level, 2 * level + 2)
@@ -112,7 +112,7 @@ def _random_case(kind: str, seed: int = 2, dtype=torch.float64):
 @pytest.mark.parametrize("level_reduction", ["sum", "mean"])
 def test_gradient_equals_autograd_of_the_formula_with_detached_parameters(kind, estimator, level_reduction):
     logits, targets, weight, levels = _random_case(kind)
-    loss, stats = progressive_focal_loss(logits, targets, levels, weight=weight, normalizer=7.0,
+    loss, stats = progressive_focal_loss(logits, targets, levels, weight=weight, avg_factor=7.0,
                                          estimator=estimator, level_reduction=level_reduction, return_stats=True)
     level_of_anchor = torch.repeat_interleave(torch.arange(5), torch.tensor(levels))
     gamma = stats["gamma_ad"][level_of_anchor].view(1, -1, 1).detach()
@@ -158,7 +158,7 @@ def test_gradcheck_float64_where_gamma_is_locally_constant():
     targets = targets.double()
     weight = torch.tensor([[1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.5, 1.0]], dtype=torch.float64)
     assert torch.autograd.gradcheck(
-        lambda x: progressive_focal_loss(x, targets, levels, weight=weight, normalizer=2.0), (logits,))
+        lambda x: progressive_focal_loss(x, targets, levels, weight=weight, avg_factor=2.0), (logits,))
     assert torch.autograd.gradcheck(
         lambda x: progressive_focal_loss(x, targets, levels, level_reduction="mean"), (logits,))
 
@@ -179,13 +179,17 @@ def test_ignored_anchors_do_not_count_as_positives_or_loss():
 def test_module_keeps_last_stats_and_applies_loss_weight():
     logits, targets, levels = _four_level_case()
     module = ProgressiveFocalLoss(loss_weight=2.0)
-    loss = module(logits, targets, levels)
+    loss, stats = module(logits, targets, levels)
     torch.testing.assert_close(loss, 2 * progressive_focal_loss(logits, targets, levels))
+    assert set(stats) == {"num_positive", "num_anchors", "gamma_ad", "alpha_ad"}
     torch.testing.assert_close(module.last_stats["gamma_ad"], torch.tensor([1.8, 1.5, 2.5, 2.0]))
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(num_anchors_per_level=[2, 2, 2]), "num_anchors_per_level"),
+    (dict(num_anchors_per_level=[2, 2, 2]), "num_priors_per_level"),
+    (dict(gamma=0.5, delta=0.5), "gamma - delta"),
+    (dict(w=-1.0), "w must be"),
+    (dict(avg_factor=2.0, normalizer=2.0), "avg_factor"),
     (dict(delta=-0.1), "delta"),
     (dict(estimator="median"), "estimator"),
     (dict(level_reduction="max"), "level_reduction"),
@@ -266,3 +270,21 @@ def test_two_gloo_processes_get_the_single_process_gamma():
     _, local0 = progressive_focal_loss(logits[:1], targets[:1], levels, return_stats=True, delta=1.5)
     assert not torch.allclose(local0["gamma_ad"], whole["gamma_ad"])
 
+
+
+def test_normalizer_is_a_deprecated_alias_of_avg_factor():
+    logits, targets, levels = _four_level_case()
+    expected = progressive_focal_loss(logits, targets, levels, avg_factor=3.0)
+    with pytest.warns(DeprecationWarning, match="avg_factor"):
+        old = progressive_focal_loss(logits, targets, levels, normalizer=3.0)
+    torch.testing.assert_close(old, expected)
+    with pytest.warns(DeprecationWarning, match="avg_factor"):
+        module_loss, _ = ProgressiveFocalLoss()(logits, targets, levels, normalizer=3.0)
+    torch.testing.assert_close(module_loss, expected)
+
+
+def test_module_validation_is_the_function_validation():
+    with pytest.raises(ValueError, match="gamma - delta"):
+        ProgressiveFocalLoss(gamma=0.5, delta=0.5)
+    with pytest.raises(ValueError, match="level_reduction"):
+        ProgressiveFocalLoss(level_reduction="max")

@@ -100,11 +100,11 @@ def use_progressive_focal_loss(model: nn.Module, **pfl_options: Any) -> nn.Modul
         if per_image_normalisation:  # torchvision RetinaNet: sum_i loss_i / max(1, fg_i), mean over images
             per_image = foreground.sum(dim=1, keepdim=True).clamp(min=1).to(cls_logits.dtype)
             weight = weight / per_image
-            normalizer = float(len(targets))
+            avg_factor = float(len(targets))
         else:  # torchvision FCOS: batch sum / batch foreground count
-            normalizer = foreground.sum().clamp(min=1).to(cls_logits.dtype)
+            avg_factor = foreground.sum().clamp(min=1).to(cls_logits.dtype)
         loss, stats = progressive_focal_loss(
-            cls_logits, one_hot, cls_head._umop_num_anchors_per_level, weight=weight, normalizer=normalizer,
+            cls_logits, one_hot, cls_head._umop_num_anchors_per_level, weight=weight, avg_factor=avg_factor,
             return_stats=True, **pfl_options,
         )
         model.pfl_stats = {k: v.detach() for k, v in stats.items()}

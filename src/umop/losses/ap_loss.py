@@ -44,11 +44,19 @@ there); with no positive the loss is 0 with zero gradient (as there).
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ._weights import broadcast_weight
+from .base import ClassificationLoss
 
 __all__ = ["ap_loss", "APLoss", "APLossFunction"]
+
+
+def _check_options(delta: float, method: str) -> None:
+    if delta <= 0:
+        raise ValueError(f"delta must be positive, got {delta!r}")
+    if method not in ("sort", "matrix"):
+        raise ValueError(f"method must be 'sort' or 'matrix', got {method!r}")
 
 
 def _step(x: Tensor, delta: float) -> Tensor:
@@ -199,10 +207,7 @@ def ap_loss(pred: Tensor, target: Tensor, weight: Tensor | None = None, reductio
     if target.shape != pred.shape:
         raise ValueError(f"pred and target must have the same shape, got pred {tuple(pred.shape)} and "
                          f"target {tuple(target.shape)}")
-    if delta <= 0:
-        raise ValueError(f"delta must be positive, got {delta!r}")
-    if method not in ("sort", "matrix"):
-        raise ValueError(f"method must be 'sort' or 'matrix', got {method!r}")
+    _check_options(delta, method)
     if not pred.is_floating_point():
         raise ValueError(f"pred must be a floating point tensor, got dtype {pred.dtype}")
     if not bool(((target == 0) | (target == 1) | (target == -1)).all()):
@@ -221,26 +226,27 @@ def ap_loss(pred: Tensor, target: Tensor, weight: Tensor | None = None, reductio
     return total / divisor
 
 
-class APLoss(nn.Module):
-    """Module form of :func:`ap_loss` with ``loss_weight``."""
+class APLoss(ClassificationLoss):
+    """AP-Loss (Chen et al., CVPR 2019) as a detector's classification loss (config name ``ap_loss``).
 
-    def __init__(self, delta: float = 1.0, interpolated: bool = True, reduction: str = "mean",
-                 loss_weight: float = 1.0, method: str = "sort") -> None:
-        super().__init__()
-        if delta <= 0:
-            raise ValueError(f"delta must be positive, got {delta!r}")
-        if reduction not in ("mean", "sum"):
-            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
-        self.delta = float(delta)
-        self.interpolated = bool(interpolated)
-        if method not in ("sort", "matrix"):
-            raise ValueError(f"method must be 'sort' or 'matrix', got {method!r}")
-        self.method = method
-        self.reduction = reduction
-        self.loss_weight = float(loss_weight)
+    :class:`~umop.losses.base.ClassificationLoss` protocol: every (image, prior, class) element with
+    weight > 0 is ranked against all others; the loss is ``sum_i (1 - prec_i) / avg_factor``, i.e.
+    ``1 - AP`` when ``avg_factor`` is the number of positives (as the detectors pass it). Its backward is the
+    error-driven update. A ranking loss over the whole batch uses no sampler (``accepts_sampler = False``).
+    """
 
-    def forward(self, pred: Tensor, target: Tensor, weight: Tensor | None = None,
-                avg_factor: float | Tensor | None = None, reduction_override: str | None = None) -> Tensor:
-        reduction = reduction_override or self.reduction
-        return self.loss_weight * ap_loss(pred, target, weight, reduction, avg_factor, delta=self.delta,
-                                          interpolated=self.interpolated, method=self.method)
+    accepts_sampler = False
+
+    def __init__(self, delta: float = 1.0, interpolated: bool = True, method: str = "sort",
+                 loss_weight: float = 1.0) -> None:
+        super().__init__(loss_weight)
+        _check_options(delta, method)
+        self.delta, self.interpolated, self.method = float(delta), bool(interpolated), method
+
+    def compute(self, logits, targets, num_priors_per_level, weight, avg_factor, *, quality, loc_error):
+        loss = ap_loss(logits, targets, weight, "sum", delta=self.delta, interpolated=self.interpolated,
+                       method=self.method)
+        return loss / avg_factor, {}
+
+    def extra_repr(self) -> str:
+        return f"delta={self.delta}, interpolated={self.interpolated}, method={self.method!r}"

@@ -24,18 +24,16 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ._weights import broadcast_weight
-from .iou import weight_reduce_loss
+from .base import BoxLoss
+from .reduction import weight_reduce_loss
 
 __all__ = ["balanced_l1_loss", "BalancedL1Loss"]
 
 
-def _check(pred: Tensor, target: Tensor, alpha: float, gamma: float, beta: float) -> None:
-    if pred.shape != target.shape:
-        raise ValueError(f"pred and target must have the same shape, got pred {tuple(pred.shape)} and "
-                         f"target {tuple(target.shape)}")
+def _check_options(alpha: float, gamma: float, beta: float) -> None:
     if alpha <= 0 or gamma <= 0 or beta <= 0:
         raise ValueError(f"alpha, gamma and beta must be positive, got alpha={alpha}, gamma={gamma}, beta={beta}")
 
@@ -58,7 +56,10 @@ def balanced_l1_loss(pred: Tensor, target: Tensor, weight: Tensor | None = None,
     Returns:
         scalar, or pred's shape for ``reduction="none"``.
     """
-    _check(pred, target, alpha, gamma, beta)
+    if pred.shape != target.shape:
+        raise ValueError(f"pred and target must have the same shape, got pred {tuple(pred.shape)} and "
+                         f"target {tuple(target.shape)}")
+    _check_options(alpha, gamma, beta)
     b = math.exp(gamma / alpha) - 1.0                      # alpha * ln(b + 1) = gamma (Eq. 9)
     diff = (pred - target).abs()
     inlier = alpha / b * (b * diff + 1) * torch.log(b * diff / beta + 1) - alpha * diff
@@ -67,23 +68,17 @@ def balanced_l1_loss(pred: Tensor, target: Tensor, weight: Tensor | None = None,
     return weight_reduce_loss(loss, broadcast_weight(weight, pred), reduction, avg_factor)
 
 
-class BalancedL1Loss(nn.Module):
-    """Module form of :func:`balanced_l1_loss` with ``loss_weight`` (mmdetection's ``BalancedL1Loss``)."""
+class BalancedL1Loss(BoxLoss):
+    """Balanced L1 loss (Libra R-CNN, Pang et al. CVPR 2019) on encoded deltas; config name ``balanced_l1``."""
+
+    space = "deltas"
 
     def __init__(self, alpha: float = 0.5, gamma: float = 1.5, beta: float = 1.0, reduction: str = "mean",
                  loss_weight: float = 1.0) -> None:
-        super().__init__()
-        if alpha <= 0 or gamma <= 0 or beta <= 0:
-            raise ValueError(f"alpha, gamma and beta must be positive, got alpha={alpha}, gamma={gamma}, "
-                             f"beta={beta}")
-        if reduction not in ("none", "mean", "sum"):
-            raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
+        super().__init__(reduction, loss_weight)
+        _check_options(alpha, gamma, beta)
         self.alpha, self.gamma, self.beta = float(alpha), float(gamma), float(beta)
-        self.reduction = reduction
-        self.loss_weight = float(loss_weight)
 
-    def forward(self, pred: Tensor, target: Tensor, weight: Tensor | None = None,
-                avg_factor: float | Tensor | None = None, reduction_override: str | None = None) -> Tensor:
-        reduction = reduction_override or self.reduction
-        return self.loss_weight * balanced_l1_loss(pred, target, weight, reduction, avg_factor,
-                                                   alpha=self.alpha, gamma=self.gamma, beta=self.beta)
+    def loss(self, pred, target, weight, reduction, avg_factor, **kwargs):
+        return balanced_l1_loss(pred, target, weight, reduction, avg_factor, alpha=self.alpha,
+                                gamma=self.gamma, beta=self.beta)

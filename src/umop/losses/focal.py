@@ -22,10 +22,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._weights import broadcast_weight
+from .base import ClassificationLoss
+from .reduction import check_reduction, weight_reduce_loss
 
-__all__ = ["sigmoid_focal_loss", "focal_loss_reference", "focal_loss_terms", "FocalLossFunction"]
+__all__ = ["sigmoid_focal_loss", "FocalLoss", "focal_loss_reference", "focal_loss_terms", "FocalLossFunction"]
 
-_REDUCTIONS = ("none", "mean", "sum")
 LOG2_E = math.log2(math.e)
 LN_2 = math.log(2.0)
 
@@ -276,29 +277,32 @@ class FocalLossFunction(torch.autograd.Function):
         return grad_logits, None, None, None, None, None, None
 
 
-
-
-def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float | Tensor = 0.25,
-                       gamma: float | Tensor = 2.0, reduction: str = "none",
-                       weight: Tensor | None = None) -> Tensor:
-    """Sigmoid focal loss, equal to ``torchvision.ops.sigmoid_focal_loss`` with tensor-valued alpha/gamma.
+def sigmoid_focal_loss(pred: Tensor, target: Tensor, weight: Tensor | None = None, reduction: str = "mean",
+                       avg_factor: float | Tensor | None = None, *, alpha: float | Tensor = 0.25,
+                       gamma: float | Tensor = 2.0) -> Tensor:
+    """Sigmoid focal loss (Lin et al. 2017, Eq. 5), equal to ``torchvision.ops.sigmoid_focal_loss`` with
+    tensor-valued alpha/gamma, in mmdetection's loss convention.
 
     Args:
-        logits: (..., C) raw scores, any float dtype.
-        targets: same shape as ``logits``: 1 for the positive class, 0 otherwise (soft targets allowed).
-        alpha: weight of positives, float or tensor broadcasting to ``logits``; a negative float disables it.
-        gamma: focusing exponent, float or tensor broadcasting to ``logits``.
-        reduction: "none" (element-wise), "mean" (over all elements) or "sum".
-        weight: optional element weights broadcasting to ``logits`` (or of shape ``logits.shape[:-1]``,
-            e.g. (B, A) per anchor, 0 for an ignored anchor), applied before the reduction.
+        pred: (..., C) logits, any float dtype.
+        target: same shape as ``pred``: 1 for the positive class, 0 otherwise (soft targets allowed).
+        weight: optional element weights broadcasting to ``pred`` (or of shape ``pred.shape[:-1]``,
+            e.g. (B, A) per prior, 0 for an ignored prior), applied before the reduction.
+        reduction: "none" (element-wise), "mean" or "sum".
+        avg_factor: with "mean", divide the weighted sum by ``avg_factor`` (+ float32 eps) instead of the
+            element count (:func:`umop.losses.reduction.weight_reduce_loss`); ignored with "none".
+        alpha: weight of positives, float or tensor broadcasting to ``pred``; a negative float disables it.
+        gamma: focusing exponent, float or tensor broadcasting to ``pred``.
 
     Returns:
-        A tensor of ``logits.shape`` ("none") or a scalar.
+        A tensor of ``pred.shape`` ("none") or a scalar.
     """
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    check_reduction(reduction)
+    if reduction == "sum" and avg_factor is not None:
+        raise ValueError('avg_factor can only be used with reduction="mean" or "none", got reduction="sum"')
+    logits, targets = pred, target
     if logits.shape != targets.shape:
-        raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} must have the same shape")
+        raise ValueError(f"pred {tuple(logits.shape)} and target {tuple(targets.shape)} must have the same shape")
     alpha, gamma = _as_tensor_or_float(alpha), _as_tensor_or_float(gamma)
     weight = broadcast_weight(weight, logits)
     binary_dtype = targets.dtype == torch.bool
@@ -308,15 +312,14 @@ def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float | Tensor = 
         isinstance(value, Tensor) and value.requires_grad for value in (targets, alpha, gamma, weight))
     if others_need_grad:
         loss = focal_loss_reference(logits, targets, alpha, gamma)
-        if weight is not None:
-            loss = loss * weight
-        if reduction == "mean":
-            return loss.mean()
-        return loss.sum() if reduction == "sum" else loss
+        return weight_reduce_loss(loss, weight, reduction, avg_factor)
 
     scale: float | Tensor = 1.0 if weight is None else weight
     if reduction == "mean":
-        scale = scale / logits.numel() if logits.numel() else scale
+        if avg_factor is not None:
+            scale = scale / (avg_factor + torch.finfo(torch.float32).eps)
+        elif logits.numel():
+            scale = scale / logits.numel()
     if torch.is_grad_enabled() and logits.requires_grad:
         return FocalLossFunction.apply(logits, targets, alpha, gamma, scale, reduction != "none",
                                        binary_dtype or targets_are_binary(targets))
@@ -326,3 +329,28 @@ def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float | Tensor = 
     if reduction == "none" and loss.shape != logits.shape:
         loss = loss.expand(logits.shape)
     return loss if reduction == "none" else loss.sum()
+
+
+class FocalLoss(ClassificationLoss):
+    """Sigmoid focal loss (Lin et al., ICCV 2017) as a detector's classification loss (config name ``focal``).
+
+    :class:`~umop.losses.base.ClassificationLoss` protocol: ``sum(weight * FL) / avg_factor`` through the
+    fused :class:`FocalLossFunction` (``avg_factor`` folded into the prior weight, so the fused backward
+    needs no extra (B, A, C) product).
+    """
+
+    def __init__(self, alpha: float = 0.25, gamma: float = 2.0, loss_weight: float = 1.0) -> None:
+        super().__init__(loss_weight)
+        if gamma < 0:
+            raise ValueError(f"gamma must be >= 0, got {gamma}")
+        self.alpha, self.gamma = float(alpha), float(gamma)
+
+    def compute(self, logits, targets, num_priors_per_level, weight, avg_factor, *, quality, loc_error):
+        scale = 1.0 / avg_factor if weight is None else weight / avg_factor
+        if not isinstance(scale, Tensor):
+            scale = torch.as_tensor(scale, dtype=logits.dtype, device=logits.device)
+        loss = sigmoid_focal_loss(logits, targets, scale, reduction="sum", alpha=self.alpha, gamma=self.gamma)
+        return loss, {}
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, gamma={self.gamma}"

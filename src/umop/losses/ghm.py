@@ -33,9 +33,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from ._weights import broadcast_weight
+from .base import BoxLoss, ClassificationLoss
 
 __all__ = ["ghmc_loss", "ghmr_loss", "GHMCLoss", "GHMRLoss", "ghm_weights"]
 
@@ -186,50 +187,57 @@ def ghmr_loss(pred: Tensor, target: Tensor, weight: Tensor | None = None, reduct
     return _reduce(loss * beta, reduction, tot if avg_factor is None else avg_factor)
 
 
-class _GHMBase(nn.Module):
+def _check_state_options(bins: int, momentum: float) -> None:
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+    if int(bins) != bins or bins < 1:
+        raise ValueError(f"bins must be a positive integer, got {bins!r}")
+
+
+class GHMCLoss(ClassificationLoss):
+    """GHM-C (Li et al., AAAI 2019) as a detector's classification loss (config name ``ghm_c``).
+
+    :class:`~umop.losses.base.ClassificationLoss` protocol: ``sum(beta * BCE) / tot`` over the valid elements
+    (weight > 0), ``tot`` their number (GHM paper Eq. 9). As in mmdetection's ``GHMC`` the normaliser is
+    ``tot`` and the detector's ``avg_factor`` is not used: the harmonizing weights ``beta`` sum to ``tot``.
+    The moving-average region counts (``momentum > 0``) are the buffer ``acc_sum``.
+    """
+
     acc_sum: Tensor
 
-    def __init__(self, bins: int, momentum: float, reduction: str, loss_weight: float) -> None:
-        super().__init__()
-        if reduction not in _REDUCTIONS:
-            raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
-        if int(bins) != bins or bins < 1:
-            raise ValueError(f"bins must be a positive integer, got {bins!r}")
-        self.bins = int(bins)
-        self.momentum = float(momentum)
-        self.reduction = reduction
-        self.loss_weight = float(loss_weight)
+    def __init__(self, bins: int = 10, momentum: float = 0.0, loss_weight: float = 1.0) -> None:
+        super().__init__(loss_weight)
+        _check_state_options(bins, momentum)
+        self.bins, self.momentum = int(bins), float(momentum)
         self.register_buffer("acc_sum", torch.zeros(self.bins))
 
+    def compute(self, logits, targets, num_priors_per_level, weight, avg_factor, *, quality, loc_error):
+        loss = ghmc_loss(logits, targets, weight, "mean", bins=self.bins, momentum=self.momentum,
+                         acc_sum=self.acc_sum)
+        return loss, {}
 
-class GHMCLoss(_GHMBase):
-    """Module form of :func:`ghmc_loss`, keeping the moving-average region counts as a buffer."""
-
-    def __init__(self, bins: int = 10, momentum: float = 0.0, reduction: str = "mean",
-                 loss_weight: float = 1.0) -> None:
-        super().__init__(bins, momentum, reduction, loss_weight)
-
-    def forward(self, pred: Tensor, target: Tensor, weight: Tensor | None = None,
-                avg_factor: float | Tensor | None = None, reduction_override: str | None = None) -> Tensor:
-        reduction = reduction_override or self.reduction
-        return self.loss_weight * ghmc_loss(pred, target, weight, reduction, avg_factor, bins=self.bins,
-                                            momentum=self.momentum, acc_sum=self.acc_sum)
+    def extra_repr(self) -> str:
+        return f"bins={self.bins}, momentum={self.momentum}"
 
 
-class GHMRLoss(_GHMBase):
-    """Module form of :func:`ghmr_loss`, keeping the moving-average region counts as a buffer."""
+class GHMRLoss(BoxLoss):
+    """GHM-R (Li et al., AAAI 2019) on encoded deltas as a detector's box loss (config name ``ghm_r``).
+
+    :class:`~umop.losses.base.BoxLoss` protocol; the moving-average region counts are the buffer ``acc_sum``.
+    """
+
+    space = "deltas"
+    acc_sum: Tensor
 
     def __init__(self, mu: float = 0.02, bins: int = 10, momentum: float = 0.0, reduction: str = "mean",
                  loss_weight: float = 1.0) -> None:
-        super().__init__(bins, momentum, reduction, loss_weight)
+        super().__init__(reduction, loss_weight)
+        _check_state_options(bins, momentum)
         if mu <= 0:
             raise ValueError(f"mu must be positive, got {mu!r}")
-        self.mu = float(mu)
+        self.mu, self.bins, self.momentum = float(mu), int(bins), float(momentum)
+        self.register_buffer("acc_sum", torch.zeros(self.bins))
 
-    def forward(self, pred: Tensor, target: Tensor, weight: Tensor | None = None,
-                avg_factor: float | Tensor | None = None, reduction_override: str | None = None) -> Tensor:
-        reduction = reduction_override or self.reduction
-        return self.loss_weight * ghmr_loss(pred, target, weight, reduction, avg_factor, mu=self.mu,
-                                            bins=self.bins, momentum=self.momentum, acc_sum=self.acc_sum)
+    def loss(self, pred, target, weight, reduction, avg_factor, **kwargs):
+        return ghmr_loss(pred, target, weight, reduction, avg_factor, mu=self.mu, bins=self.bins,
+                         momentum=self.momentum, acc_sum=self.acc_sum)

@@ -1,7 +1,7 @@
 """IoU-family box regression losses for axis-aligned ``xyxy`` boxes.
 
-All four losses use mmdetection's functional signature
-``(pred, target, weight=None, reduction="mean", avg_factor=None, eps=1e-7)``:
+All losses use mmdetection's functional signature
+``(pred, target, weight=None, reduction="mean", avg_factor=None, *, eps=1e-7, <options>)``:
 
 - ``pred``, ``target``: ``(..., 4)`` boxes ``(x1, y1, x2, y2)`` in the same coordinate frame;
 - ``weight``: optional, broadcastable to ``(...)`` (per box) or exactly ``(..., 4)`` (per coordinate, averaged
@@ -31,42 +31,11 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["iou_loss", "giou_loss", "diou_loss", "ciou_loss", "aligned_box_iou", "weight_reduce_loss"]
+from .base import BoxLoss
+from .reduction import weight_reduce_loss
 
-_REDUCTIONS = ("none", "mean", "sum")
-
-
-def weight_reduce_loss(
-    loss: Tensor,
-    weight: Tensor | None = None,
-    reduction: str = "mean",
-    avg_factor: float | Tensor | None = None,
-) -> Tensor:
-    """Apply an element-wise ``weight`` then reduce, with mmdetection's ``avg_factor`` semantics.
-
-    Args:
-        loss: any shape.
-        weight: broadcastable to ``loss`` (or ``None``).
-        reduction: ``"none"``, ``"mean"`` or ``"sum"``.
-        avg_factor: with ``"mean"``, divide the sum by this instead of ``loss.numel()``.
-    """
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-    if weight is not None:
-        loss = loss * weight
-    if avg_factor is None:
-        if reduction == "mean":
-            return loss.mean()
-        if reduction == "sum":
-            return loss.sum()
-        return loss
-    if reduction == "mean":
-        # mmdetection adds float32 eps so that avg_factor == 0 (no positives) gives 0, not NaN.
-        return loss.sum() / (avg_factor + torch.finfo(torch.float32).eps)
-    if reduction == "none":
-        return loss
-    raise ValueError('avg_factor can only be used with reduction="mean" or "none", got reduction="sum"')
-
+__all__ = ["iou_loss", "giou_loss", "diou_loss", "ciou_loss", "bounded_iou_loss", "aligned_box_iou", "IoULoss",
+           "GIoULoss", "DIoULoss", "CIoULoss", "BoundedIoULoss"]
 
 def _check_boxes(pred: Tensor, target: Tensor) -> None:
     if pred.shape != target.shape:
@@ -119,6 +88,7 @@ def iou_loss(
     weight: Tensor | None = None,
     reduction: str = "mean",
     avg_factor: float | Tensor | None = None,
+    *,
     eps: float = 1e-7,
     mode: str = "log",
 ) -> Tensor:
@@ -149,6 +119,7 @@ def giou_loss(
     weight: Tensor | None = None,
     reduction: str = "mean",
     avg_factor: float | Tensor | None = None,
+    *,
     eps: float = 1e-7,
 ) -> Tensor:
     """Generalised IoU loss ``1 - GIoU`` (Rezatofighi et al. 2019). Shapes as in the module docstring."""
@@ -175,6 +146,7 @@ def diou_loss(
     weight: Tensor | None = None,
     reduction: str = "mean",
     avg_factor: float | Tensor | None = None,
+    *,
     eps: float = 1e-7,
 ) -> Tensor:
     """Distance IoU loss ``1 - IoU + rho^2 / c^2`` (Zheng et al. 2020, Eq. 6)."""
@@ -190,6 +162,7 @@ def ciou_loss(
     weight: Tensor | None = None,
     reduction: str = "mean",
     avg_factor: float | Tensor | None = None,
+    *,
     eps: float = 1e-7,
 ) -> Tensor:
     """Complete IoU loss ``1 - IoU + rho^2 / c^2 + alpha * v`` (Zheng et al. 2020, Eq. 10-11)."""
@@ -204,3 +177,93 @@ def ciou_loss(
         alpha = v / (1 - iou + v + eps)
     loss = 1 - iou + penalty + alpha * v
     return weight_reduce_loss(loss, _box_weight(weight, pred), reduction, avg_factor)
+
+
+def bounded_iou_loss(
+    pred: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    reduction: str = "mean",
+    avg_factor: float | Tensor | None = None,
+    *,
+    beta: float = 0.2,
+    eps: float = 1e-3,
+) -> Tensor:
+    """Bounded IoU loss (Tychsen-Smith and Petersson 2018, Sec. 3.2), per box summed over x, y, w, h.
+
+    ``eps`` keeps the ratios finite for degenerate boxes (mmdetection: 1e-3). Shapes as in the module
+    docstring.
+    """
+    _check_boxes(pred, target)
+    if beta <= 0:
+        raise ValueError(f"beta must be positive, got {beta!r}")
+    pred_ctr = (pred[..., :2] + pred[..., 2:]) / 2
+    pred_size = pred[..., 2:] - pred[..., :2]
+    with torch.no_grad():
+        target_ctr = (target[..., :2] + target[..., 2:]) / 2
+        target_size = target[..., 2:] - target[..., :2]
+    delta = (target_ctr - pred_ctr).abs()
+    loss_ctr = 1 - torch.clamp((target_size - 2 * delta) / (target_size + 2 * delta + eps), min=0)
+    loss_size = 1 - torch.min(target_size / (pred_size + eps), pred_size / (target_size + eps))
+    terms = torch.cat([loss_ctr, loss_size], dim=-1)                       # (..., 4): x, y, w, h
+    loss = torch.where(terms < beta, 0.5 * terms * terms / beta, terms - 0.5 * beta).sum(-1)
+    return weight_reduce_loss(loss, _box_weight(weight, pred), reduction, avg_factor)
+
+
+class _IoUFamilyLoss(BoxLoss):
+    space = "boxes"
+
+    def __init__(self, eps: float = 1e-7, reduction: str = "mean", loss_weight: float = 1.0) -> None:
+        super().__init__(reduction, loss_weight)
+        if eps <= 0:
+            raise ValueError(f"eps must be positive, got {eps!r}")
+        self.eps = float(eps)
+
+
+class IoULoss(_IoUFamilyLoss):
+    """IoU loss (UnitBox, Yu et al. 2016) on decoded boxes; config name ``iou``. See :func:`iou_loss`."""
+
+    def __init__(self, mode: str = "log", eps: float = 1e-7, reduction: str = "mean",
+                 loss_weight: float = 1.0) -> None:
+        super().__init__(eps, reduction, loss_weight)
+        if mode not in ("log", "linear", "square"):
+            raise ValueError(f'mode must be "log", "linear" or "square", got {mode!r}')
+        self.mode = mode
+
+    def loss(self, pred, target, weight, reduction, avg_factor, **kwargs):
+        return iou_loss(pred, target, weight, reduction, avg_factor, eps=self.eps, mode=self.mode)
+
+
+class GIoULoss(_IoUFamilyLoss):
+    """GIoU loss (Rezatofighi et al., CVPR 2019) on decoded boxes; config name ``giou``."""
+
+    def loss(self, pred, target, weight, reduction, avg_factor, **kwargs):
+        return giou_loss(pred, target, weight, reduction, avg_factor, eps=self.eps)
+
+
+class DIoULoss(_IoUFamilyLoss):
+    """DIoU loss (Zheng et al., AAAI 2020, Eq. 6) on decoded boxes; config name ``diou``."""
+
+    def loss(self, pred, target, weight, reduction, avg_factor, **kwargs):
+        return diou_loss(pred, target, weight, reduction, avg_factor, eps=self.eps)
+
+
+class CIoULoss(_IoUFamilyLoss):
+    """CIoU loss (Zheng et al., AAAI 2020, Eq. 10-11) on decoded boxes; config name ``ciou``."""
+
+    def loss(self, pred, target, weight, reduction, avg_factor, **kwargs):
+        return ciou_loss(pred, target, weight, reduction, avg_factor, eps=self.eps)
+
+
+class BoundedIoULoss(_IoUFamilyLoss):
+    """Bounded IoU loss (Tychsen-Smith and Petersson, CVPR 2018) on decoded boxes; config ``bounded_iou``."""
+
+    def __init__(self, beta: float = 0.2, eps: float = 1e-3, reduction: str = "mean",
+                 loss_weight: float = 1.0) -> None:
+        super().__init__(eps, reduction, loss_weight)
+        if beta <= 0:
+            raise ValueError(f"beta must be positive, got {beta!r}")
+        self.beta = float(beta)
+
+    def loss(self, pred, target, weight, reduction, avg_factor, **kwargs):
+        return bounded_iou_loss(pred, target, weight, reduction, avg_factor, beta=self.beta, eps=self.eps)

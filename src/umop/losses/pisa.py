@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["hierarchical_local_rank", "isr_p", "carl_loss", "CARLLoss"]
+__all__ = ["hierarchical_local_rank", "isr_p", "carl_loss", "CARLLoss", "PISA"]
 
 
 def _check_labels(name: str, labels: Tensor, ref: Tensor) -> None:
@@ -184,3 +184,44 @@ class CARLLoss(nn.Module):
                 avg_factor: float | Tensor | None = None) -> Tensor:
         return self.loss_weight * carl_loss(cls_score, labels, reg_loss, self.num_classes, k=self.k,
                                             bias=self.bias, avg_factor=avg_factor, sigmoid=self.sigmoid)
+
+
+class PISA(nn.Module):
+    """PISA (Cao et al., CVPR 2020) as a sample-reweighting option of a dense detector (config
+    ``model.reweighting: pisa``): ISR-P for the positives' classification weights and CARL as an extra loss.
+
+    The detector calls, in its loss step (all inputs of one batch, labels in umop's convention)::
+
+        weight = pisa.reweight(ious, labels, matched_gt, cls_loss_per_prior, weight)   # ISR-P, no gradient
+        loss_carl = pisa.carl(logits, labels, box_loss_per_prior, avg_factor)          # CARL, with gradient
+
+    with ``ious`` (B, A) the IoU of each prior's decoded box with its matched ground truth, ``matched_gt``
+    (B, A) its per-image ground-truth index, ``cls_loss_per_prior`` (B, A) the classification loss summed over
+    the classes (``reduction="none"``), ``box_loss_per_prior`` (B, A) the un-reduced box loss. RetinaNet's
+    settings (mmdetection ``pisa_retinanet``): ISR-P ``k = 2, bias = 0``; CARL ``k = 1, bias = 0.2``.
+    """
+
+    def __init__(self, isr_k: float = 2.0, isr_bias: float = 0.0, carl_k: float = 1.0, carl_bias: float = 0.2,
+                 carl_loss_weight: float = 1.0) -> None:
+        super().__init__()
+        for name, value in (("isr_bias", isr_bias), ("carl_bias", carl_bias)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+        self.isr_k, self.isr_bias = float(isr_k), float(isr_bias)
+        self.carl_k, self.carl_bias, self.carl_loss_weight = float(carl_k), float(carl_bias), float(carl_loss_weight)
+
+    def reweight(self, ious: Tensor, labels: Tensor, matched_gt: Tensor, cls_loss_per_prior: Tensor,
+                 weight: Tensor, num_classes: int) -> Tensor:
+        """ISR-P (PISA Eq. 2-3): the positives' weights re-set by their IoU-HLR, (B, A), no gradient."""
+        return isr_p(ious, labels, matched_gt, cls_loss_per_prior, num_classes, label_weights=weight,
+                     k=self.isr_k, bias=self.isr_bias)
+
+    def carl(self, logits: Tensor, labels: Tensor, box_loss_per_prior: Tensor,
+             avg_factor: float | Tensor | None = None) -> Tensor:
+        """CARL (PISA Eq. 4-5): ``carl_loss_weight * sum_i v_i box_loss_i / avg_factor`` over the positives."""
+        return self.carl_loss_weight * carl_loss(logits, labels, box_loss_per_prior, logits.shape[-1],
+                                                 k=self.carl_k, bias=self.carl_bias, avg_factor=avg_factor)
+
+    def extra_repr(self) -> str:
+        return (f"isr_k={self.isr_k}, isr_bias={self.isr_bias}, carl_k={self.carl_k}, "
+                f"carl_bias={self.carl_bias}, carl_loss_weight={self.carl_loss_weight}")

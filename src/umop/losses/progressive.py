@@ -38,75 +38,39 @@ the statistics' per-row ce instead of a second row dot over (B, A, C).
 """
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import torch
 import torch.distributed as dist
-from torch import Tensor, nn
+from torch import Tensor
 
+from .base import ClassificationLoss, check_classification_inputs
+
+from .prior_levels import level_index_for, level_matrix_for
 from .focal import (binary_focal_prelude, binary_modulated_terms, binary_violation, last_dim_dots,
                     last_dim_sums, scale_saved_gradient, signed_alpha_gradient)
 
-__all__ = ["progressive_focal_loss", "ProgressiveFocalLoss", "level_index_for", "ESTIMATORS",
+__all__ = ["progressive_focal_loss", "ProgressiveFocalLoss", "check_pfl_options", "level_index_for", "ESTIMATORS",
            "LEVEL_REDUCTIONS"]
 
 ESTIMATORS = ("official", "paper")
 LEVEL_REDUCTIONS = ("sum", "mean")
 BASE_ALPHA = 0.25  # w = BASE_ALPHA * gamma when w is not given (0.5 for gamma = 2, UMOP Sec. 3.3)
 
-_level_index_cache: dict[tuple, Tensor] = {}
-
-
-def level_index_for(num_anchors_per_level: Sequence[int], device: torch.device) -> Tensor:
-    """(A,) long tensor giving the pyramid level (0..L-1) of each anchor; cached per layout and device."""
-    key = (tuple(int(n) for n in num_anchors_per_level), str(device))
-    index = _level_index_cache.get(key)
-    if index is None:
-        counts = torch.tensor(key[0], dtype=torch.long)
-        index = torch.repeat_interleave(torch.arange(len(key[0])), counts).to(device)
-        if len(_level_index_cache) > 64:
-            _level_index_cache.clear()
-        _level_index_cache[key] = index
-    return index
-
-
-_level_matrix_cache: dict[tuple, Tensor] = {}
-
-
-def level_matrix_for(num_anchors_per_level: Sequence[int], device: torch.device, dtype: torch.dtype) -> Tensor:
-    """(A, L) one-hot matrix of each anchor's level: ``per_anchor @ matrix`` sums per level in one BLAS call."""
-    key = (tuple(int(n) for n in num_anchors_per_level), str(device), dtype)
-    matrix = _level_matrix_cache.get(key)
-    if matrix is None:
-        index = level_index_for(key[0], device)
-        matrix = torch.zeros(len(index), len(key[0]), dtype=dtype, device=device)
-        matrix[torch.arange(len(index), device=device), index] = 1
-        if len(_level_matrix_cache) > 64:
-            _level_matrix_cache.clear()
-        _level_matrix_cache[key] = matrix
-    return matrix
-
-
-def _validate(logits: Tensor, targets: Tensor, num_anchors_per_level: Sequence[int], gamma: float,
-              delta: float, estimator: str, level_reduction: str, weight: Tensor | None) -> None:
-    if logits.dim() != 3:
-        raise ValueError(f"logits must be (B, A, C), got shape {tuple(logits.shape)}")
-    if targets.shape != logits.shape:
-        raise ValueError(f"targets {tuple(targets.shape)} must have the shape of logits {tuple(logits.shape)}")
-    total = sum(int(n) for n in num_anchors_per_level)
-    if total != logits.shape[1] or any(int(n) < 0 for n in num_anchors_per_level):
-        raise ValueError(f"num_anchors_per_level {list(num_anchors_per_level)} sums to {total}, but logits "
-                         f"{tuple(logits.shape)} has A={logits.shape[1]} anchors")
+def check_pfl_options(gamma: float, delta: float, w: float | None, estimator: str,
+                      level_reduction: str) -> None:
+    """PFL's option validation, the one place used by the function and the module: ValueError naming the option."""
     if delta < 0:
         raise ValueError(f"delta must be >= 0, got {delta}")
     if gamma - delta <= 0:
         raise ValueError(f"gamma - delta must be > 0 (alpha_ad = w / gamma_ad), got gamma={gamma}, delta={delta}")
+    if w is not None and w <= 0:
+        raise ValueError(f"w must be > 0 (alpha_ad = w / gamma_ad), got {w}")
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
     if level_reduction not in LEVEL_REDUCTIONS:
         raise ValueError(f"level_reduction must be one of {LEVEL_REDUCTIONS}, got {level_reduction!r}")
-    if weight is not None and weight.shape != logits.shape[:2]:
-        raise ValueError(f"weight must be (B, A) = {tuple(logits.shape[:2])}, got {tuple(weight.shape)}")
 
 
 def _check_binary(targets: Tensor, positives_per_anchor: Tensor) -> None:
@@ -142,7 +106,7 @@ class ProgressiveFocalLossFunction(torch.autograd.Function):
     def forward(ctx, logits: Tensor, targets: Tensor, level_index: Tensor, level_matrix: Tensor,
                 num_levels: int, gamma: float,
                 delta: float, w: float, estimator: str, level_reduction: str, valid: Tensor | None,
-                weight: Tensor | None, normalizer: Tensor | float, sync: bool, positives_per_anchor: Tensor,
+                weight: Tensor | None, avg_factor: Tensor | float, sync: bool, positives_per_anchor: Tensor,
                 one_hot_rows: bool):
         signed_logits, ce, modulating_base = binary_focal_prelude(logits, targets)
         num_anchors = logits.shape[1]
@@ -181,7 +145,7 @@ class ProgressiveFocalLossFunction(torch.autograd.Function):
         anchor_loss = torch.addcmul(all_classes * (1 - anchor_alpha), positives, 2 * anchor_alpha - 1)
         if weight is not None:
             anchor_loss = anchor_loss * weight
-        inverse = 1.0 / normalizer if isinstance(normalizer, float) else normalizer.reciprocal()
+        inverse = 1.0 / avg_factor if isinstance(avg_factor, float) else avg_factor.reciprocal()
         if level_reduction == "mean":
             inverse = inverse / num_levels
         level_loss = (anchor_loss.sum(0) @ level_matrix) * inverse                      # (L,)
@@ -201,44 +165,57 @@ class ProgressiveFocalLossFunction(torch.autograd.Function):
         return (scale_saved_gradient(grad, grad_total),) + (None,) * 15
 
 
-def progressive_focal_loss(logits: Tensor, targets: Tensor, num_anchors_per_level: Sequence[int], *,
+def progressive_focal_loss(logits: Tensor, targets: Tensor, num_priors_per_level: Sequence[int],
+                           weight: Tensor | None = None, avg_factor: Tensor | float | None = None, *,
                            gamma: float = 2.0, delta: float = 0.5, w: float | None = None,
                            estimator: str = "official", level_reduction: str = "sum",
-                           weight: Tensor | None = None, normalizer: Tensor | float | None = None,
-                           return_stats: bool = False, sync: bool = True):
+                           return_stats: bool = False, sync: bool = True,
+                           normalizer: Tensor | float | None = None):
     """Progressive focal loss over FPN levels (UMOP Eq. 1, 4-6).
 
+    The per-level losses are sums over the level's valid elements, divided by ``avg_factor`` and then
+    summed (``level_reduction="sum"``) or averaged (``"mean"``) over the levels.
+
     Args:
-        logits: (B, A, C) classification logits; the anchors of all pyramid levels concatenated in level
-            order, ``A == sum(num_anchors_per_level)``.
-        targets: (B, A, C) one-hot targets (a background anchor is a row of zeros); float, int or bool.
-        num_anchors_per_level: anchors (or points) per level, e.g. ``[A_P3, ..., A_P7]``.
+        logits: (B, A, C) classification logits; the priors of all pyramid levels concatenated in level
+            order, ``A == sum(num_priors_per_level)``.
+        targets: (B, A, C) one-hot targets (a background prior is a row of zeros); float, int or bool.
+        num_priors_per_level: priors (anchors or points) per level, e.g. ``[A_P3, ..., A_P7]``.
+        weight: optional (B, A) prior weights, 0 for an ignored prior; positives and the loss only count
+            priors with weight > 0, and the loss is multiplied by the weight.
+        avg_factor: divides the total (typically the number of positives, >= 1); scalar tensor or float;
+            ``None`` means 1 (the plain sum).
         gamma: base focusing parameter; delta: half-width of the clamp range ``[gamma-delta, gamma+delta]``.
         w: alpha_ad = w / gamma_ad; ``None`` means ``0.25 * gamma`` (0.5 for the default gamma).
         estimator: "official" (released code: mean of -log p over positives) or "paper" (Eq. 4).
         level_reduction: "sum" (released code) or "mean" over levels (Eq. 1).
-        weight: optional (B, A) anchor weights, 0 for an ignored anchor; positives and the loss only count
-            anchors with weight > 0, and the loss is multiplied by the weight.
-        normalizer: divides the total (typically the number of positives, >= 1); scalar tensor or float.
         return_stats: also return a dict of per-level tensors (L,): ``gamma_ad``, ``alpha_ad``,
-            ``num_positive``, ``num_valid`` (valid elements = valid anchors x C) and ``loss``.
+            ``num_positive``, ``num_valid`` (valid elements = valid priors x C) and ``loss``.
         sync: under ``torch.distributed``, all-reduce the per-level sums so every process uses the
             gamma_ad of the global batch.
+        normalizer: deprecated alias of ``avg_factor`` (DeprecationWarning; removed in the next release).
 
     Returns:
         The scalar loss, or ``(loss, stats)`` with ``return_stats=True``.
     """
-    _validate(logits, targets, num_anchors_per_level, gamma, delta, estimator, level_reduction, weight)
+    if normalizer is not None:
+        if avg_factor is not None:
+            raise ValueError("give avg_factor only (normalizer is its deprecated alias), not both")
+        warnings.warn("progressive_focal_loss(normalizer=...) is deprecated, use avg_factor=...",
+                      DeprecationWarning, stacklevel=2)
+        avg_factor = normalizer
+    check_classification_inputs(logits, targets, num_priors_per_level, weight)
+    check_pfl_options(gamma, delta, w, estimator, level_reduction)
     w = BASE_ALPHA * gamma if w is None else float(w)
-    level_index = level_index_for(num_anchors_per_level, logits.device)
-    level_matrix = level_matrix_for(num_anchors_per_level, logits.device, logits.dtype)
-    num_levels = len(num_anchors_per_level)
-    if normalizer is None:
-        normalizer = 1.0
-    elif isinstance(normalizer, Tensor):
-        normalizer = normalizer.to(logits.dtype)
+    level_index = level_index_for(num_priors_per_level, logits.device)
+    level_matrix = level_matrix_for(num_priors_per_level, logits.device, logits.dtype)
+    num_levels = len(num_priors_per_level)
+    if avg_factor is None:
+        avg_factor = 1.0
+    elif isinstance(avg_factor, Tensor):
+        avg_factor = avg_factor.to(logits.dtype)
     else:
-        normalizer = float(normalizer)
+        avg_factor = float(avg_factor)
     valid_mask = (weight > 0).to(logits.dtype) if weight is not None else None
     weight = weight.to(logits.dtype) if weight is not None else None
     targets_are_bool = targets.dtype == torch.bool
@@ -246,7 +223,7 @@ def progressive_focal_loss(logits: Tensor, targets: Tensor, num_anchors_per_leve
     positives_per_anchor = last_dim_sums(targets)                                       # (B, A)
     if not targets_are_bool:
         _check_binary(targets, positives_per_anchor)
-    # At most one positive per anchor (one-hot, as every assigner produces) lets the fused function read a
+    # At most one positive per prior (one-hot, as every assigner produces) lets the fused function read a
     # positive's loss from the statistics it computes anyway. Known for free on CPU only; on an accelerator
     # that would be a host synchronisation, so the general path is taken there.
     one_hot_rows = (positives_per_anchor.device.type == "cpu" and positives_per_anchor.numel() > 0
@@ -254,7 +231,7 @@ def progressive_focal_loss(logits: Tensor, targets: Tensor, num_anchors_per_leve
     total, level_loss, stats = ProgressiveFocalLossFunction.apply(
         logits, targets, level_index, level_matrix,
         num_levels, gamma, delta, w, estimator, level_reduction, valid_mask,
-        weight, normalizer, sync, positives_per_anchor, one_hot_rows)
+        weight, avg_factor, sync, positives_per_anchor, one_hot_rows)
     if not return_stats:
         return total
     num_valid_anchors = (valid_mask.sum(0) if valid_mask is not None
@@ -264,35 +241,44 @@ def progressive_focal_loss(logits: Tensor, targets: Tensor, num_anchors_per_leve
                    "num_valid": num_valid, "loss": level_loss}
 
 
-class ProgressiveFocalLoss(nn.Module):
-    """Module form of :func:`progressive_focal_loss`; keeps the last per-level stats for logging.
+class ProgressiveFocalLoss(ClassificationLoss):
+    """Progressive focal loss (UMOP, Wu et al. 2021) as a detector's classification loss.
 
-    ``last_stats``: dict of (L,) tensors (gamma_ad, alpha_ad, num_positive, num_valid, loss), detached.
+    :class:`~umop.losses.base.ClassificationLoss` protocol; ``level_reduction="sum"`` is the config name
+    ``pfl`` (released code), ``"mean"`` is ``pfl_mean`` (paper Eq. 1). Adds the per-level ``gamma_ad`` and
+    ``alpha_ad`` to the statistics. ``last_stats`` keeps the last call's statistics (detached) for logging.
     """
 
     def __init__(self, gamma: float = 2.0, delta: float = 0.5, w: float | None = None,
                  estimator: str = "official", level_reduction: str = "sum", sync: bool = True,
                  loss_weight: float = 1.0) -> None:
-        super().__init__()
-        if delta < 0:
-            raise ValueError(f"delta must be >= 0, got {delta}")
-        if estimator not in ESTIMATORS:
-            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
-        if level_reduction not in LEVEL_REDUCTIONS:
-            raise ValueError(f"level_reduction must be one of {LEVEL_REDUCTIONS}, got {level_reduction!r}")
-        self.gamma, self.delta, self.w = gamma, delta, w
-        self.estimator, self.level_reduction, self.sync = estimator, level_reduction, sync
-        self.loss_weight = loss_weight
+        super().__init__(loss_weight)
+        check_pfl_options(gamma, delta, w, estimator, level_reduction)
+        self.gamma, self.delta, self.w = float(gamma), float(delta), w
+        self.estimator, self.level_reduction, self.sync = estimator, level_reduction, bool(sync)
         self.last_stats: dict[str, Tensor] = {}
 
-    def forward(self, logits: Tensor, targets: Tensor, num_anchors_per_level: Sequence[int],
-                weight: Tensor | None = None, normalizer: Tensor | float | None = None) -> Tensor:
+    def forward(self, logits: Tensor, targets: Tensor, num_priors_per_level: Sequence[int],
+                weight: Tensor | None = None, avg_factor: Tensor | float | None = None, *,
+                quality: Tensor | None = None, loc_error: Tensor | None = None,
+                normalizer: Tensor | float | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        if normalizer is not None:
+            if avg_factor is not None:
+                raise ValueError("give avg_factor only (normalizer is its deprecated alias), not both")
+            warnings.warn("ProgressiveFocalLoss(..., normalizer=...) is deprecated, use avg_factor=...",
+                          DeprecationWarning, stacklevel=2)
+            avg_factor = normalizer
+        loss, stats = super().forward(logits, targets, num_priors_per_level, weight, avg_factor,
+                                      quality=quality, loc_error=loc_error)
+        self.last_stats = stats
+        return loss, stats
+
+    def compute(self, logits, targets, num_priors_per_level, weight, avg_factor, *, quality, loc_error):
         loss, stats = progressive_focal_loss(
-            logits, targets, num_anchors_per_level, gamma=self.gamma, delta=self.delta, w=self.w,
-            estimator=self.estimator, level_reduction=self.level_reduction, weight=weight,
-            normalizer=normalizer, return_stats=True, sync=self.sync)
-        self.last_stats = {key: value.detach() for key, value in stats.items()}
-        return self.loss_weight * loss
+            logits, targets, num_priors_per_level, weight, avg_factor, gamma=self.gamma, delta=self.delta,
+            w=self.w, estimator=self.estimator, level_reduction=self.level_reduction, return_stats=True,
+            sync=self.sync)
+        return loss, {"gamma_ad": stats["gamma_ad"], "alpha_ad": stats["alpha_ad"]}
 
     def extra_repr(self) -> str:
         return (f"gamma={self.gamma}, delta={self.delta}, w={self.w}, estimator={self.estimator!r}, "

@@ -19,48 +19,82 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from umop.losses.iou import weight_reduce_loss
+from ._weights import broadcast_weight
+from .base import ClassificationLoss
+from .reduction import weight_reduce_loss
 
-__all__ = ["varifocal_loss"]
+__all__ = ["varifocal_loss", "VarifocalLoss"]
 
 
-def varifocal_loss(
-    pred_logits: Tensor,
-    target_score: Tensor,
-    alpha: float = 0.75,
-    gamma: float = 2.0,
-    iou_weighted: bool = True,
-    weight: Tensor | None = None,
-    reduction: str = "mean",
-    avg_factor: float | Tensor | None = None,
-) -> Tensor:
-    """Varifocal loss, element-wise then weighted and reduced (mmdetection semantics).
-
-    Args:
-        pred_logits: ``(..., C)`` classification logits (any shape).
-        target_score: same shape as ``pred_logits``; IoU-aware targets in ``[0, 1]`` (0 for background and for
-            the non-target classes of a positive).
-        alpha: weight of the negatives' focal term (paper: 0.75).
-        gamma: focusing exponent of the negatives (paper: 2.0).
-        iou_weighted: weight positives by their target ``q`` (paper) or by 1.
-        weight: optional, broadcastable to ``pred_logits`` (e.g. ``(..., 1)`` per anchor, 0 = ignored).
-        reduction: ``"none"``, ``"mean"`` or ``"sum"``.
-        avg_factor: with ``"mean"``, divide the sum by this (e.g. the number of positives) instead.
-
-    Returns:
-        the reduced loss (0-d) or, with ``reduction="none"``, the element-wise loss shaped like ``pred_logits``.
-    """
-    if pred_logits.shape != target_score.shape:
-        raise ValueError(f"pred_logits and target_score must have the same shape, got "
-                         f"{tuple(pred_logits.shape)} and {tuple(target_score.shape)}")
+def _check_options(alpha: float, gamma: float) -> None:
     if alpha < 0:
         raise ValueError(f"alpha must be >= 0, got {alpha}")
     if gamma < 0:
         raise ValueError(f"gamma must be >= 0, got {gamma}")
-    target_score = target_score.to(pred_logits.dtype)
-    prob = pred_logits.sigmoid()
-    positive = target_score > 0
-    positive_weight = target_score if iou_weighted else torch.ones_like(target_score)
-    focal_weight = torch.where(positive, positive_weight, alpha * (prob - target_score).abs().pow(gamma))
-    loss = F.binary_cross_entropy_with_logits(pred_logits, target_score, reduction="none") * focal_weight
-    return weight_reduce_loss(loss, weight, reduction, avg_factor)
+
+
+def varifocal_loss(
+    pred: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    reduction: str = "mean",
+    avg_factor: float | Tensor | None = None,
+    *,
+    alpha: float = 0.75,
+    gamma: float = 2.0,
+    iou_weighted: bool = True,
+) -> Tensor:
+    """Varifocal loss, element-wise then weighted and reduced (mmdetection semantics).
+
+    Args:
+        pred: ``(..., C)`` classification logits (any shape).
+        target: same shape as ``pred``; IoU-aware targets in ``[0, 1]`` (0 for background and for the
+            non-target classes of a positive).
+        weight: optional, broadcastable to ``pred`` or of shape ``pred.shape[:-1]`` (e.g. ``(B, A)`` per
+            prior, 0 = ignored).
+        reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+        avg_factor: with ``"mean"``, divide the sum by this (e.g. the number of positives) instead.
+        alpha: weight of the negatives' focal term (paper: 0.75), keyword-only.
+        gamma: focusing exponent of the negatives (paper: 2.0), keyword-only.
+        iou_weighted: weight positives by their target ``q`` (paper) or by 1, keyword-only.
+
+    Returns:
+        the reduced loss (0-d) or, with ``reduction="none"``, the element-wise loss shaped like ``pred``.
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"pred and target must have the same shape, got {tuple(pred.shape)} and "
+                         f"{tuple(target.shape)}")
+    _check_options(alpha, gamma)
+    target = target.to(pred.dtype)
+    prob = pred.sigmoid()
+    positive = target > 0
+    positive_weight = target if iou_weighted else torch.ones_like(target)
+    focal_weight = torch.where(positive, positive_weight, alpha * (prob - target).abs().pow(gamma))
+    loss = F.binary_cross_entropy_with_logits(pred, target, reduction="none") * focal_weight
+    return weight_reduce_loss(loss, broadcast_weight(weight, pred), reduction, avg_factor)
+
+
+class VarifocalLoss(ClassificationLoss):
+    """Varifocal loss (Zhang et al., CVPR 2021) as a detector's classification loss (config ``varifocal``).
+
+    :class:`~umop.losses.base.ClassificationLoss` protocol with ``needs_quality``: the IoU-aware target is
+    ``targets * quality[..., None]`` (the IoU of the positive's decoded box at its class; it must be > 0 at
+    the positives, VFNet clamps it at 1e-6), the loss ``sum(weight * VFL) / avg_factor``.
+    """
+
+    needs_quality = True
+
+    def __init__(self, alpha: float = 0.75, gamma: float = 2.0, iou_weighted: bool = True,
+                 loss_weight: float = 1.0) -> None:
+        super().__init__(loss_weight)
+        _check_options(alpha, gamma)
+        self.alpha, self.gamma, self.iou_weighted = float(alpha), float(gamma), bool(iou_weighted)
+
+    def compute(self, logits, targets, num_priors_per_level, weight, avg_factor, *, quality, loc_error):
+        soft_targets = targets.to(logits.dtype) * quality.detach().to(logits.dtype).unsqueeze(-1)
+        loss = varifocal_loss(logits, soft_targets, weight, reduction="sum", alpha=self.alpha,
+                              gamma=self.gamma, iou_weighted=self.iou_weighted)
+        return loss / avg_factor, {}
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, gamma={self.gamma}, iou_weighted={self.iou_weighted}"

@@ -26,8 +26,9 @@ import torch
 from torch import Tensor
 
 from ._utils import as_counts, ranks_in_groups, take_first
+from .base import Sampler
 
-__all__ = ["iou_balanced_negative_sample"]
+__all__ = ["iou_balanced_negative_sample", "IoUBalancedSampler", "negative_quota"]
 
 
 def iou_balanced_negative_sample(max_iou: Tensor, negative_mask: Tensor, num_samples: int | Tensor,
@@ -91,3 +92,54 @@ def iou_balanced_negative_sample(max_iou: Tensor, negative_mask: Tensor, num_sam
     selected = selected | take_first(negative & ~selected, need, order)
     take_all = negative.sum(1) <= num
     return torch.where(take_all[:, None], negative, selected)
+
+
+def negative_quota(positive: Tensor, negative: Tensor, num_samples: int, positive_fraction: float) -> Tensor:
+    """(B,) negatives to keep per image: ``num_samples - min(P_b, floor(num_samples * positive_fraction))``
+    (mmdetection's count rule, with every positive kept), at most the image's negatives."""
+    expected_positive = torch.clamp(positive.sum(1), max=int(num_samples * positive_fraction))
+    return torch.minimum(num_samples - expected_positive, negative.sum(1))
+
+
+class IoUBalancedSampler(Sampler):
+    """IoU-balanced negative sampling (Libra R-CNN, Pang et al. CVPR 2019, Sec. 3.1) for dense detectors;
+    config name ``iou_balanced``.
+
+    Every positive is kept; ``negative_quota`` negatives per image are drawn with
+    :func:`iou_balanced_negative_sample` (``num_bins`` IoU bins over the priors' ``max_ious``).
+    """
+
+    def __init__(self, num_samples: int = 512, positive_fraction: float = 0.25, num_bins: int = 3,
+                 floor_thr: float = -1.0, floor_fraction: float = 0.0, seed: int | None = None) -> None:
+        super().__init__()
+        _check_counts(num_samples, positive_fraction)
+        self.num_samples, self.positive_fraction = int(num_samples), float(positive_fraction)
+        self.num_bins, self.floor_thr, self.floor_fraction = int(num_bins), float(floor_thr), float(floor_fraction)
+        self.seed = seed
+        self._generators: dict[str, torch.Generator] = {}
+
+    def select_negatives(self, logits, targets, positive, negative, max_ious):
+        quota = negative_quota(positive, negative, self.num_samples, self.positive_fraction)
+        return iou_balanced_negative_sample(max_ious, negative, quota, self.num_bins, self.floor_thr,
+                                            self.floor_fraction, generator=seeded_generator(self, max_ious.device))
+
+    def extra_repr(self) -> str:
+        return (f"num_samples={self.num_samples}, positive_fraction={self.positive_fraction}, "
+                f"num_bins={self.num_bins}, floor_thr={self.floor_thr}, floor_fraction={self.floor_fraction}")
+
+
+def _check_counts(num_samples: int, positive_fraction: float) -> None:
+    if int(num_samples) != num_samples or num_samples < 1:
+        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+    if not 0.0 <= positive_fraction <= 1.0:
+        raise ValueError(f"positive_fraction must be in [0, 1], got {positive_fraction!r}")
+
+
+def seeded_generator(sampler: Sampler, device: torch.device) -> torch.Generator | None:
+    """The sampler's random generator on ``device`` (seeded with ``sampler.seed``), or None without a seed."""
+    if sampler.seed is None:
+        return None
+    key = str(device)
+    if key not in sampler._generators:
+        sampler._generators[key] = torch.Generator(device=device).manual_seed(int(sampler.seed))
+    return sampler._generators[key]

@@ -13,11 +13,13 @@ anchor order (the sort is stable).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from ._utils import as_counts, ranks_in_groups
+from ._utils import as_counts, ranks_in_groups, take_first
+from .base import Sampler
 
-__all__ = ["ohem_select"]
+__all__ = ["ohem_select", "OHEMSampler"]
 
 
 def ohem_select(loss: Tensor, labels: Tensor, num_samples: int | Tensor, positive_fraction: float = 0.25, *,
@@ -58,3 +60,32 @@ def ohem_select(loss: Tensor, labels: Tensor, num_samples: int | Tensor, positiv
     groups = torch.where(positive, 0, torch.where(negative, 1, 2)).long()
     ranks = ranks_in_groups(groups, 3, order)
     return (positive & (ranks < num_pos[:, None])) | (negative & (ranks < num_neg[:, None]))
+
+
+class OHEMSampler(Sampler):
+    """Hard negative mining for dense detectors (SSD, Liu et al. ECCV 2016, Sec. 2.2; OHEM, Shrivastava
+    et al. CVPR 2016); config name ``ohem``.
+
+    Per image every positive is kept and the ``max(floor(neg_pos_ratio * P_b), min_negatives)`` negatives
+    with the highest classification loss (sigmoid BCE of the detached logits summed over the classes, the
+    loss of a background prior) are kept (all of them when fewer); SSD's ratio is 3:1. Ties are broken by
+    prior order.
+    """
+
+    def __init__(self, neg_pos_ratio: float = 3.0, min_negatives: int = 0) -> None:
+        super().__init__()
+        if neg_pos_ratio < 0:
+            raise ValueError(f"neg_pos_ratio must be >= 0, got {neg_pos_ratio!r}")
+        if int(min_negatives) != min_negatives or min_negatives < 0:
+            raise ValueError(f"min_negatives must be a non-negative integer, got {min_negatives!r}")
+        self.neg_pos_ratio, self.min_negatives = float(neg_pos_ratio), int(min_negatives)
+
+    def select_negatives(self, logits, targets, positive, negative, max_ious):
+        hardness = F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), reduction="none").sum(-1)
+        hardness = torch.where(negative, hardness, torch.full_like(hardness, -float("inf")))
+        order = torch.sort(hardness, dim=1, descending=True, stable=True).indices
+        quota = torch.floor(positive.sum(1).double() * self.neg_pos_ratio).long().clamp(min=self.min_negatives)
+        return take_first(negative, quota, order)
+
+    def extra_repr(self) -> str:
+        return f"neg_pos_ratio={self.neg_pos_ratio}, min_negatives={self.min_negatives}"
