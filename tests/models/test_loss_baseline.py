@@ -3,7 +3,8 @@ modules; this pins that the refactor changed no value).
 
 The baseline (``tests/models/data/loss_baseline.json``) was recorded BEFORE the refactor on two fixed BCCD
 images (downsized to 256 x 192, a multiple of 32: no padding), seed 0, ResNet-18 + FPN 64 channels, CPU:
-every ``loss_*`` value, the level statistics, and per parameter tensor the sum, the norm and 8 fixed entries
+every ``loss_*`` value, the level statistics (RetinaNet's ``num_anchors`` updated afterwards to the count of
+non-ignored priors, the protocol's definition; losses and gradients untouched), and per parameter tensor the sum, the norm and 8 fixed entries
 of the gradient of the summed losses. Regenerate (only when a behaviour change is intended, and say which in
 the commit message):
 
@@ -101,6 +102,18 @@ def test_losses_and_gradients_equal_the_baseline(case, baseline, samples):
         assert _close(got["sum"], summary["sum"], norm), (case, param_name, got["sum"], summary["sum"])
         for a, e in zip(got["entries"], summary["entries"]):
             assert _close(a, e, norm), (case, param_name, a, e)
+
+
+def test_num_anchors_counts_the_valid_priors(samples):
+    """The recorded ``num_anchors`` of RetinaNet is the number of non-ignored priors (IoU in [0.4, 0.5) is
+    ignored): updated from the all-priors count when the statistics moved into the loss protocol."""
+    torch.manual_seed(0)
+    model = build_detector("retinanet", 3, backbone="resnet18", fpn_channels=64)
+    result = model.assign_targets((192, 256), [target for _, target in samples])
+    valid = (result.labels >= 0).sum().item()
+    ignored = (result.labels < 0).sum().item()
+    assert ignored > 0
+    assert sum(json.loads(DATA.read_text())["retinanet-focal"]["stats"]["num_anchors"]) == valid
 
 
 def _write(cases: list[str]) -> None:

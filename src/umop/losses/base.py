@@ -47,7 +47,7 @@ from typing import ClassVar, Sequence
 import torch
 from torch import Tensor, nn
 
-from .prior_levels import level_matrix_for
+from ..structures.levels import level_matrix_for
 from .reduction import REDUCTIONS, check_reduction
 
 __all__ = ["ClassificationLoss", "BoxLoss", "level_statistics", "check_classification_inputs"]
