@@ -91,23 +91,41 @@ def build_components(
     """
     check_detector_options(name, {})
     cls = DETECTORS[name]
-    components = {
-        "cls_loss": CLS_LOSSES.build(cls.default_cls_loss if cls_loss is None else cls_loss,
-                                     **dict(cls_loss_options or {})),
-        "box_loss": BOX_LOSSES.build(cls.default_box_loss if box_loss is None else box_loss,
-                                     **dict(box_loss_options or {})),
-        "sampler": None if sampler is None else SAMPLERS.build(sampler, **dict(sampler_options or {})),
-        "reweighting": None,
+    requested = {
+        "cls_loss": (CLS_LOSSES, cls.default_cls_loss if cls_loss is None else cls_loss, cls_loss_options),
+        "box_loss": (BOX_LOSSES, cls.default_box_loss if box_loss is None else box_loss, box_loss_options),
+        "sampler": (SAMPLERS, sampler, sampler_options),
+        "reweighting": (REWEIGHTINGS, reweighting, reweighting_options),
     }
-    if reweighting is not None:
-        components["reweighting"] = REWEIGHTINGS.build(reweighting, **dict(reweighting_options or {}))
-    for key, options in (("sampler", sampler_options), ("reweighting", reweighting_options)):
-        if components[key] is None and options:
-            raise ValueError(f"{key}_options {dict(options)} given without a {key}")
+    components: dict[str, Any] = {}
+    for key, (registry, value, options) in requested.items():
+        if value is None:
+            if options:
+                raise ValueError(f"{key}_options {dict(options)} given without a {key}")
+            components[key] = None
+            continue
+        try:
+            components[key] = registry.build(value, **dict(options or {}))
+        except ValueError as error:  # name the argument: "cls_loss: unknown classification loss ..."
+            raise ValueError(f"{key}: {error}") from None
     check_components(name, components["cls_loss"], components["box_loss"], components["sampler"],
                      components["reweighting"], has_delta_coder=cls.has_delta_coder,
                      supports_log_var=cls.supports_log_var, has_prior_ious=cls.has_prior_ious)
     return components
+
+
+def _component_option_places(name: str, components: Mapping[str, Any], prefix: str) -> dict[str, str]:
+    """Option name -> where it belongs (``prefix + "cls_loss_options." + option``) for the named components
+    (``None`` = the detector's default); an unknown component name is a ValueError with the nearest one."""
+    defaults = {"cls_loss": DETECTORS[name].default_cls_loss, "box_loss": DETECTORS[name].default_box_loss}
+    registries = {"cls_loss": CLS_LOSSES, "box_loss": BOX_LOSSES, "sampler": SAMPLERS, "reweighting": REWEIGHTINGS}
+    places: dict[str, str] = {}
+    for key, value in components.items():
+        value = defaults.get(key) if value is None else value
+        if isinstance(value, str):
+            for option in registries[key].entry(value).options:
+                places.setdefault(option, f"{prefix}{key}_options.{option}")
+    return places
 
 
 def check_model_options(name: str, num_classes: int, *, cls_loss: Any = None, box_loss: Any = None,
@@ -117,17 +135,9 @@ def check_model_options(name: str, num_classes: int, *, cls_loss: Any = None, bo
     options, every component name and option, and their combination. ValueError naming the key
     (``model.options``, ``model.cls_loss_options``, ...)."""
     check_detector_options(name, {})
-    defaults = {"cls_loss": DETECTORS[name].default_cls_loss, "box_loss": DETECTORS[name].default_box_loss}
-    registries = {"cls_loss": CLS_LOSSES, "box_loss": BOX_LOSSES, "sampler": SAMPLERS, "reweighting": REWEIGHTINGS}
     components = {"cls_loss": cls_loss, "box_loss": box_loss, "sampler": sampler, "reweighting": reweighting}
-    elsewhere: dict[str, str] = {}
-    for key, value in components.items():
-        value = value if value is not None else defaults.get(key)
-        if isinstance(value, str):
-            registries[key].entry(value)  # unknown name: ValueError with the nearest one
-            for option in registries[key].entry(value).options:
-                elsewhere.setdefault(option, f"model.{key}_options.{option}")
-    check_detector_options(name, options or {}, "model.options", elsewhere)
+    places = _component_option_places(name, components, "model.")
+    check_detector_options(name, options or {}, "model.options", places)
     build_components(name, num_classes, cls_loss, box_loss, sampler, reweighting, **component_options)
 
 
@@ -179,7 +189,10 @@ def build_detector(
     A combination that makes no sense (a ranking loss with a sampler, a deltas box loss on a detector without
     a delta coder, ...) is a ValueError naming both parts.
     """
-    check_detector_options(name, options)
+    check_detector_options(name, {})
+    places = _component_option_places(name, {"cls_loss": cls_loss, "box_loss": box_loss, "sampler": sampler,
+                                             "reweighting": reweighting}, "")
+    check_detector_options(name, options, "options", places)
     components = build_components(name, num_classes, cls_loss, box_loss, sampler, reweighting,
                                   cls_loss_options=cls_loss_options, box_loss_options=box_loss_options,
                                   sampler_options=sampler_options, reweighting_options=reweighting_options)
