@@ -25,7 +25,7 @@ from typing import Any, Union
 
 import yaml
 
-from ..models.build import check_model_options
+from ..models.build import COMPONENTS, check_model_options
 
 __all__ = [
     "Config", "ModelConfig", "DataConfig", "SyntheticDataConfig", "SolverConfig", "LogConfig", "EvalConfig",
@@ -64,16 +64,20 @@ class ModelConfig:
     reweighting_options: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)
 
+    def component_specs(self) -> dict[str, tuple[str | None, dict]]:
+        """Component key -> ``(name or None = the detector's default, options)``, as
+        :func:`umop.models.build.build_components` takes them."""
+        return {key: (getattr(self, key) or None, dict(getattr(self, f"{key}_options"))) for key in MODEL_COMPONENTS}
+
     def component_arguments(self) -> dict[str, Any]:
-        """The keyword arguments of :func:`umop.models.build_detector` for the components (empty = default)."""
+        """The keyword arguments of :func:`umop.models.build_detector` for the components."""
         arguments: dict[str, Any] = {}
-        for key in MODEL_COMPONENTS:
-            arguments[key] = getattr(self, key) or None
-            arguments[f"{key}_options"] = dict(getattr(self, f"{key}_options"))
+        for key, (value, options) in self.component_specs().items():
+            arguments[key], arguments[f"{key}_options"] = value, options
         return arguments
 
 
-MODEL_COMPONENTS = ("cls_loss", "box_loss", "sampler", "reweighting")
+MODEL_COMPONENTS = COMPONENTS
 # the free-form mappings of the model section (their keys are checked by umop.models.build, not here)
 MODEL_OPTION_KEYS = ("options",) + tuple(f"{key}_options" for key in MODEL_COMPONENTS)
 
@@ -381,7 +385,7 @@ def validate_model(model: ModelConfig) -> None:
     """Check the detector name, its options and every component name / option / combination against
     :mod:`umop.models.build` (nothing is built); ConfigError naming the config key and the nearest name."""
     try:
-        check_model_options(model.name, model.num_classes, options=model.options, **model.component_arguments())
+        check_model_options(model.name, model.component_specs(), model.options)
     except ValueError as error:
         raise ConfigError(f"config section 'model': {error}") from None
 

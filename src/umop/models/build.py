@@ -25,7 +25,7 @@ from .fcos import FCOS
 from .retinanet import RetinaNet
 from .vfnet import VFNet
 
-__all__ = ["DETECTORS", "build_detector", "build_components", "check_detector_options",
+__all__ = ["DETECTORS", "COMPONENTS", "build_detector", "build_components", "check_detector_options",
            "check_model_options"]
 
 DETECTORS: dict[str, type[OneStageDetector]] = {"retinanet": RetinaNet, "atss": ATSS, "fcos": FCOS, "vfnet": VFNet}
@@ -70,42 +70,32 @@ def check_detector_options(name: str, options: Mapping[str, Any], where: str = "
         raise ValueError(f"{where}: unknown option {key!r} of detector {name!r}{hint} (valid: {sorted(valid)})")
 
 
-def build_components(
-    name: str,
-    num_classes: int,
-    cls_loss: ClassificationLoss | str | None = None,
-    box_loss: BoxLoss | str | None = None,
-    sampler: Sampler | str | None = None,
-    reweighting: PISA | str | None = None,
-    *,
-    cls_loss_options: Optional[Mapping[str, Any]] = None,
-    box_loss_options: Optional[Mapping[str, Any]] = None,
-    sampler_options: Optional[Mapping[str, Any]] = None,
-    reweighting_options: Optional[Mapping[str, Any]] = None,
-) -> dict[str, Any]:
+COMPONENTS = ("cls_loss", "box_loss", "sampler", "reweighting")
+_REGISTRIES = {"cls_loss": CLS_LOSSES, "box_loss": BOX_LOSSES, "sampler": SAMPLERS, "reweighting": REWEIGHTINGS}
+
+
+def build_components(name: str, specs: Mapping[str, tuple[Any, Optional[Mapping[str, Any]]]]) -> dict[str, Any]:
     """Build (and check the combination of) the loss components of detector ``name``.
 
-    ``None`` gives the detector's default (``default_cls_loss`` / ``default_box_loss``; no sampler, no
-    reweighting). Options of a name are validated by its registry; a module is taken as given.
-    Returns ``{"cls_loss", "box_loss", "sampler", "reweighting"}``.
+    ``specs``: component key (``cls_loss``, ``box_loss``, ``sampler``, ``reweighting``) -> ``(name or module or
+    None, options)``. ``None`` gives the detector's default (``default_cls_loss`` / ``default_box_loss``; no
+    sampler, no reweighting). Options of a name are validated by its registry; a module is taken as given.
+    Returns ``{"cls_loss", "box_loss", "sampler", "reweighting"}`` (modules or None).
     """
     check_detector_options(name, {})
     cls = DETECTORS[name]
-    requested = {
-        "cls_loss": (CLS_LOSSES, cls.default_cls_loss if cls_loss is None else cls_loss, cls_loss_options),
-        "box_loss": (BOX_LOSSES, cls.default_box_loss if box_loss is None else box_loss, box_loss_options),
-        "sampler": (SAMPLERS, sampler, sampler_options),
-        "reweighting": (REWEIGHTINGS, reweighting, reweighting_options),
-    }
+    defaults = {"cls_loss": cls.default_cls_loss, "box_loss": cls.default_box_loss}
     components: dict[str, Any] = {}
-    for key, (registry, value, options) in requested.items():
+    for key in COMPONENTS:
+        value, options = specs.get(key, (None, None))
+        value = defaults.get(key) if value is None else value
         if value is None:
             if options:
                 raise ValueError(f"{key}_options {dict(options)} given without a {key}")
             components[key] = None
             continue
         try:
-            components[key] = registry.build(value, **dict(options or {}))
+            components[key] = _REGISTRIES[key].build(value, **dict(options or {}))
         except ValueError as error:  # name the argument: "cls_loss: unknown classification loss ..."
             raise ValueError(f"{key}: {error}") from None
     check_components(name, components["cls_loss"], components["box_loss"], components["sampler"],
@@ -114,31 +104,32 @@ def build_components(
     return components
 
 
-def _component_option_places(name: str, components: Mapping[str, Any], prefix: str) -> dict[str, str]:
+def _component_option_places(name: str, specs: Mapping[str, tuple[Any, Any]], prefix: str) -> dict[str, str]:
     """Option name -> where it belongs (``prefix + "cls_loss_options." + option``) for the named components
     (``None`` = the detector's default); an unknown component name is a ValueError with the nearest one."""
     defaults = {"cls_loss": DETECTORS[name].default_cls_loss, "box_loss": DETECTORS[name].default_box_loss}
-    registries = {"cls_loss": CLS_LOSSES, "box_loss": BOX_LOSSES, "sampler": SAMPLERS, "reweighting": REWEIGHTINGS}
     places: dict[str, str] = {}
-    for key, value in components.items():
+    for key in COMPONENTS:
+        value = specs.get(key, (None, None))[0]
         value = defaults.get(key) if value is None else value
         if isinstance(value, str):
-            for option in registries[key].entry(value).options:
+            try:
+                entry = _REGISTRIES[key].entry(value)
+            except ValueError as error:
+                raise ValueError(f"{key}: {error}") from None
+            for option in entry.options:
                 places.setdefault(option, f"{prefix}{key}_options.{option}")
     return places
 
 
-def check_model_options(name: str, num_classes: int, *, cls_loss: Any = None, box_loss: Any = None,
-                        sampler: Any = None, reweighting: Any = None, options: Optional[Mapping[str, Any]] = None,
-                        **component_options: Any) -> None:
+def check_model_options(name: str, specs: Mapping[str, tuple[Any, Any]],
+                        options: Optional[Mapping[str, Any]] = None) -> None:
     """Validate a model description without building the network (config loading): the detector name and
-    options, every component name and option, and their combination. ValueError naming the key
-    (``model.options``, ``model.cls_loss_options``, ...)."""
+    options (``model.options``), every component name and option (``specs`` as in :func:`build_components`),
+    and their combination. ValueError naming the key and the nearest valid name."""
     check_detector_options(name, {})
-    components = {"cls_loss": cls_loss, "box_loss": box_loss, "sampler": sampler, "reweighting": reweighting}
-    places = _component_option_places(name, components, "model.")
-    check_detector_options(name, options or {}, "model.options", places)
-    build_components(name, num_classes, cls_loss, box_loss, sampler, reweighting, **component_options)
+    check_detector_options(name, options or {}, "model.options", _component_option_places(name, specs, "model."))
+    build_components(name, specs)
 
 
 def build_detector(
@@ -189,13 +180,11 @@ def build_detector(
     A combination that makes no sense (a ranking loss with a sampler, a deltas box loss on a detector without
     a delta coder, ...) is a ValueError naming both parts.
     """
+    specs = {"cls_loss": (cls_loss, cls_loss_options), "box_loss": (box_loss, box_loss_options),
+             "sampler": (sampler, sampler_options), "reweighting": (reweighting, reweighting_options)}
     check_detector_options(name, {})
-    places = _component_option_places(name, {"cls_loss": cls_loss, "box_loss": box_loss, "sampler": sampler,
-                                             "reweighting": reweighting}, "")
-    check_detector_options(name, options, "options", places)
-    components = build_components(name, num_classes, cls_loss, box_loss, sampler, reweighting,
-                                  cls_loss_options=cls_loss_options, box_loss_options=box_loss_options,
-                                  sampler_options=sampler_options, reweighting_options=reweighting_options)
+    check_detector_options(name, options, "options", _component_option_places(name, specs, ""))
+    components = build_components(name, specs)
     if isinstance(backbone, str):
         backbone = build_backbone(
             backbone, pretrained=pretrained_backbone, weights_path=backbone_weights, out_channels=fpn_channels,

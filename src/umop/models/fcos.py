@@ -105,7 +105,6 @@ class FCOS(OneStageDetector):
     Training returns ``{"loss_cls", "loss_box", "loss_centerness", "stats"}``; loss weights 1, 1, 1.
     """
 
-    default_cls_loss = "focal"
     default_box_loss = "giou"
     default_loss_weights = {"loss_cls": 1.0, "loss_box": 1.0, "loss_centerness": 1.0}
     has_prior_ious = False

@@ -133,7 +133,6 @@ class RetinaNet(OneStageDetector):
     ``loss_box`` 1.
     """
 
-    default_cls_loss = "focal"
     default_box_loss = "l1"
     default_loss_weights = {"loss_cls": 1.0, "loss_box": 1.0}
     has_delta_coder = True
