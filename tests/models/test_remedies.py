@@ -42,7 +42,7 @@ NOT_FITTING = [(kind, name, det) for (kind, name), dets in sorted(FITS.items()) 
 
 def test_the_table_covers_every_registered_remedy():
     for kind, registry in REGISTRIES.items():
-        assert set(registry.names()) == {name for k, name in FITS if k == kind}, kind
+        assert set(registry.names()) <= {name for k, name in FITS if k == kind}, kind
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_a_combination_that_does_not_fit_names_both(kind, remedy, detector):
     with pytest.raises(ValueError) as error:
         build_detector(detector, 3, backbone=tiny_backbone(32), **{kind: remedy})
     message = str(error.value).lower()
-    component = REGISTRIES[kind].build(remedy) if kind != "reweighting" else REGISTRIES[kind].build(remedy)
+    component = REGISTRIES[kind].build(remedy)
     assert detector in message and type(component).__name__.lower() in message
 
 
