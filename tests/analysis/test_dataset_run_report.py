@@ -198,3 +198,18 @@ def test_cli_bad_input_exits_2_with_a_clear_message(tmp_path, write_coco, capsys
     assert _run_cli("run", tmp_path / "no_run") == 2
     assert _run_cli("report", "--out", tmp_path / "r.html") == 2
     assert "nothing to report" in capsys.readouterr().err
+
+
+def test_objective_caption_matches_what_is_plotted(tmp_path):
+    from umop.analysis.report import CAPTIONS, OBJECTIVE_LOSSES_ONLY_CAPTION
+
+    pages = {}
+    for grad_norms in (True, False):
+        run_dir = tmp_path / f"run_{grad_norms}"
+        _write_log(run_dir, iterations=12, grad_norms=grad_norms)
+        pages[grad_norms] = write_report(tmp_path / f"r_{grad_norms}" / "r.html", run_dir=run_dir).read_text()
+    assert "L2 norm of their gradients" in CAPTIONS["objective_imbalance.png"]
+    assert CAPTIONS["objective_imbalance.png"][:60] in pages[True]
+    assert "losses only" in OBJECTIVE_LOSSES_ONLY_CAPTION and "log.objective_every" in OBJECTIVE_LOSSES_ONLY_CAPTION
+    assert OBJECTIVE_LOSSES_ONLY_CAPTION[:60] in pages[False]
+    assert "L2 norm of their gradients" not in pages[False]

@@ -87,3 +87,19 @@ def test_synth_subcommand(tmp_path: Path) -> None:
     assert _run("data", "synth", str(tmp_path / "s"), "--num-images", "3", "--image-size", "32", "48", "--num-classes", "2") == 0
     coco = json.loads((tmp_path / "s" / "annotations.json").read_text())
     assert len(coco["images"]) == 3 and (coco["images"][0]["height"], coco["images"][0]["width"]) == (32, 48)
+
+
+def test_convert_records_the_image_folder_so_images_need_not_be_repeated(yolo_root: Path, tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "elsewhere" / "train.json"
+    assert _run("data", "convert", "--from", "yolo", str(yolo_root), "--split-file", "train", "--out", str(out)) == 0
+    recorded = json.loads(out.read_text())["info"]["image_dir"]
+    assert not Path(recorded).is_absolute()  # relative to the json: the pair can be moved together
+    assert (out.parent / recorded).resolve() == (yolo_root / "images" / "train").resolve()
+    capsys.readouterr()
+    assert _run("data", "check", str(out)) == 0  # no --images
+    assert "OK: no bad record" in capsys.readouterr().out
+    assert len(CocoDetection(out)) == 3  # no image_dir
+    from umop.analysis.coco import load_coco
+
+    assert len(load_coco(out).images) == 3

@@ -124,3 +124,21 @@ def test_combinations_that_make_no_sense_fail_when_the_config_is_loaded():
 def test_every_packaged_config_is_valid():
     for name in list_packaged_configs():
         load_config(name)  # the model section is checked against umop.models.build
+
+
+def test_pfl_config_comments_give_the_formula_the_code_implements():
+    from umop.engine.config import packaged_config_dir
+
+    texts = {path.name: path.read_text() for path in packaged_config_dir().glob("*_pfl.yaml")}
+    assert len(texts) >= 4
+    for name, text in texts.items():
+        assert "gamma + delta * (1" not in text, name
+        if "level-wise resampling" in text:
+            assert "clamp(raw, gamma - delta, gamma + delta)" in text and "alpha_ad = w / gamma_ad" in text, name
+
+
+def test_the_model_section_lists_the_components_of_build_detector():
+    from umop.engine.config import MODEL_COMPONENTS
+    from umop.models.build import COMPONENTS
+
+    assert MODEL_COMPONENTS == COMPONENTS

@@ -6,10 +6,8 @@ import json
 
 import pytest
 import torch
-
 from toy import ToyDataset, ToyDetector
 
-from umop.analysis.objective import objective_log_hooks
 from umop.engine import NonFiniteLossError, Trainer, config_from_dict, load_checkpoint
 from umop.engine.schedule import WarmupStepLR
 
@@ -23,10 +21,10 @@ def toy_config(tmp_path, **solver) -> "Config":  # noqa: F821
     })
 
 
-def make_trainer(config, resume=None, **kwargs):
+def make_trainer(config, resume=None):
     torch.manual_seed(123)  # a different init than the run's: resuming must not depend on it
     return Trainer(config, resume=resume, model=ToyDetector(), train_dataset=ToyDataset(8),
-                   val_dataset=ToyDataset(4, seed=1, flip=False), **kwargs)
+                   val_dataset=ToyDataset(4, seed=1, flip=False))
 
 
 def read_log(run_dir):
@@ -180,7 +178,7 @@ def test_time_budget_stops_checkpoints_and_evaluates(tmp_path):
 def test_objective_gradient_norms_are_logged_when_enabled(tmp_path):
     config = toy_config(tmp_path, epochs=1)
     config.log.objective_every = 2
-    trainer = make_trainer(config, log_hooks=objective_log_hooks(config.log.objective_every))
+    trainer = make_trainer(config)
     trainer.train()
     records = read_log(trainer.run_dir)
     with_norms = [r["iter"] for r in records if "objective/grad_norm/loss_cls" in r]

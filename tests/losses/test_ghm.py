@@ -94,7 +94,8 @@ def test_ghmc_hand_worked():
     assert mod.acc_sum.tolist() == pytest.approx([0.75] + [0] * 8 + [0.25])
     exp1 = (3 * (4 / 0.75 / 2) * -math.log(0.95) + (4 / 0.25 / 2) * -math.log(0.05)) / 4
     assert first.item() == pytest.approx(exp1, rel=1e-12)
-    mod(pred.view(1, 4, 1), target.view(1, 4, 1), [4])  # second call: 0.75 * 0.75 + 0.25 * 3 = 1.3125; 0.75 * 0.25 + 0.25 = 0.4375
+    # second call: 0.75 * 0.75 + 0.25 * 3 = 1.3125; 0.75 * 0.25 + 0.25 = 0.4375
+    mod(pred.view(1, 4, 1), target.view(1, 4, 1), [4])
     assert mod.acc_sum.tolist() == pytest.approx([1.3125] + [0] * 8 + [0.4375])
 
 

@@ -1,6 +1,6 @@
 """Imbalance analyses: level statistics (UMOP Fig. 2/3), survey dataset analyses, HTML report.
 
-Public API (the plotting ones are imported lazily, so that ``loss_gradient_norms`` does not load matplotlib)::
+Public API (imported on first use, so that ``umop -h`` loads neither torch nor matplotlib)::
 
     loss_gradient_norms(model, images, targets) -> {"loss_cls": float, ...}     # survey Fig. 14
     load_coco(ann_file, image_dir) -> CocoIndex
@@ -16,9 +16,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from umop.analysis.objective import loss_gradient_norms
-
 _LAZY = {
+    "loss_gradient_norms": "umop.analysis.objective",
     "load_coco": "umop.analysis.coco",
     "level_statistics": "umop.analysis.levels",
     "write_level_csv": "umop.analysis.levels",
@@ -31,7 +30,7 @@ _LAZY = {
     "write_report": "umop.analysis.report",
 }
 
-__all__ = ["loss_gradient_norms", *_LAZY]
+__all__ = list(_LAZY)
 
 
 def __getattr__(name: str) -> Any:

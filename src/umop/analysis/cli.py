@@ -19,8 +19,6 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from umop.analysis.levels import LEVELS, VALID_DETECTORS
-
 __all__ = ["register"]
 
 
@@ -30,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = analyze.add_subparsers(dest="analyze_command", metavar="{levels,run,dataset,report}")
     analyze.set_defaults(func=lambda args: _usage(analyze))
-    detectors = ", ".join(VALID_DETECTORS)
+    detectors = "retinanet, atss, fcos, vfnet"  # umop.analysis.levels.VALID_DETECTORS (not imported for -h)
 
     levels = commands.add_parser(
         "levels", help="positive anchors/points per FPN level under each detector's assigner (UMOP Fig. 2)")
@@ -68,7 +66,9 @@ def _add_dataset_arguments(parser: argparse.ArgumentParser, positional: bool) ->
         parser.add_argument("data", type=Path, metavar="COCO_JSON", help="COCO detection json")
     else:
         parser.add_argument("--data", type=Path, required=True, metavar="COCO_JSON", help="COCO detection json")
-    parser.add_argument("--images", type=Path, required=True, metavar="DIR", help="image folder of the json")
+    parser.add_argument("--images", type=Path, metavar="DIR",
+                        help="image folder of the json (default: the folder `umop data convert` recorded in it, "
+                             "else the json's folder)")
     parser.add_argument("--min-size", type=int, default=800, help="test-time resize: shorter side (default 800)")
     parser.add_argument("--max-size", type=int, default=1333, help="test-time resize: longer side at most (default 1333)")
 
@@ -111,6 +111,7 @@ def _levels(args: argparse.Namespace) -> int:
     """``umop analyze levels``: level_stats.csv + level_imbalance.png."""
     from umop.analysis.levels import (check_detector_name, highest_level_has_highest_share, level_statistics,
                                       mean_positive_ratios, positive_ratios, write_level_csv)
+    from umop.analysis.levels import LEVELS, VALID_DETECTORS
     from umop.analysis.plots import plot_level_imbalance
 
     names = [check_detector_name(name) for name in (args.detector or VALID_DETECTORS)]

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data import records as rec
-from ..data.coco import index_coco, load_coco_json
+from ..data.coco import default_image_dir, index_coco, load_coco_json
 from ..data.image_io import image_size
 
 @dataclass
@@ -73,8 +73,11 @@ def _with_header_sizes(images: list, image_dir: Path) -> tuple[list, list[str]]:
     return out, missing
 
 
-def load_coco(ann_file: str | Path, image_dir: str | Path) -> CocoIndex:
+def load_coco(ann_file: str | Path, image_dir: str | Path | None = None) -> CocoIndex:
     """Read a COCO detection json into a :class:`CocoIndex` with :func:`umop.data.coco.index_coco`.
+
+    ``image_dir`` None: the folder ``umop data convert`` recorded in the json, else the json's folder
+    (:func:`umop.data.coco.default_image_dir`).
 
     Bad records (zero-size boxes, unknown image or category ids, images without a size, ...) are skipped
     with :class:`umop.data.records.BadRecordWarning` warnings, as when training; ``iscrowd`` boxes are left
@@ -84,13 +87,14 @@ def load_coco(ann_file: str | Path, image_dir: str | Path) -> CocoIndex:
     Raises:
         ValueError: the json is missing/invalid or lists no (valid) images, or ``image_dir`` does not exist.
     """
-    ann_file, image_dir = Path(ann_file), Path(image_dir)
-    if not image_dir.is_dir():
-        raise ValueError(f"image directory {image_dir} does not exist (--images)")
+    ann_file = Path(ann_file)
     try:
         data = load_coco_json(ann_file)
     except FileNotFoundError as error:
         raise ValueError(f"annotation file {ann_file} does not exist") from error
+    image_dir = Path(image_dir) if image_dir is not None else default_image_dir(data, ann_file)
+    if not image_dir.is_dir():
+        raise ValueError(f"image directory {image_dir} does not exist (--images)")
     if not data["images"]:
         raise ValueError(f"annotation file {ann_file} lists no images: nothing to analyse")
     images, missing = _with_header_sizes(data["images"], image_dir)

@@ -7,13 +7,13 @@ from __future__ import annotations
 import base64
 import html
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from umop.analysis.levels import (LEVELS, highest_level_has_highest_share, mean_positive_ratios, positive_ratios,
                                   read_level_csv)
 from umop.analysis.plots import plot_level_imbalance
-from umop.analysis.run import analyze_run
+from umop.analysis.run import analyze_run, read_run_log
 
 CAPTIONS: dict[str, str] = {
     "level_imbalance.png": (
@@ -48,6 +48,11 @@ CAPTIONS: dict[str, str] = {
         "gradients at the shared FPN features. Look for: one objective's gradient dominating the other by "
         "an order of magnitude (ratio far from 1), which loss-weighting methods correct."),
 }
+# The objective-imbalance figure of a run whose log holds no gradient norms shows the losses only.
+OBJECTIVE_LOSSES_ONLY_CAPTION = (
+    "Objective imbalance (survey Fig. 14), losses only. Classification vs regression losses; this run logged no "
+    "gradient norms at the FPN features (they are logged every log.objective_every iterations: the run was "
+    "shorter, or it was 0). Look for: one loss term dominating the total.")
 DATASET_FILES = ("class_imbalance", "scale_imbalance", "iou_distribution", "location_heatmap")
 DATASET_CSVS = ("class_imbalance.csv", "objects.csv", "iou_distribution.csv", "location_heatmap.csv")
 
@@ -59,11 +64,12 @@ class Section:
     title: str
     figures: list[Path]
     table_html: str = ""
+    captions: dict[str, str] = field(default_factory=dict)  # per file name, replacing CAPTIONS
 
 
-def _figure_html(path: Path) -> str:
+def _figure_html(path: Path, captions: dict[str, str] | None = None) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
-    caption = CAPTIONS.get(path.name, path.stem.replace("_", " "))
+    caption = (captions or {}).get(path.name) or CAPTIONS.get(path.name, path.stem.replace("_", " "))
     return (f'<figure><img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
             f'<figcaption><b>{html.escape(path.name)}</b>: {html.escape(caption)}</figcaption></figure>')
 
@@ -116,7 +122,8 @@ def dataset_section(dataset_dir: Path, out_dir: Path) -> Section:
 def run_section(run_dir: Path, out_dir: Path) -> Section:
     """Training-run plots, drawn from ``run_dir/log.jsonl`` into ``out_dir``."""
     written = analyze_run(run_dir, out_dir)
-    return Section(f"Training run {run_dir.name}", [path for path in written if path.suffix == ".png"])
+    captions = {} if read_run_log(run_dir).grad_norm_keys else {"objective_imbalance.png": OBJECTIVE_LOSSES_ONLY_CAPTION}
+    return Section(f"Training run {run_dir.name}", [path for path in written if path.suffix == ".png"], captions=captions)
 
 
 def write_report(out: str | Path, *, levels_dir: str | Path | None = None, dataset_dir: str | Path | None = None,
@@ -136,7 +143,7 @@ def write_report(out: str | Path, *, levels_dir: str | Path | None = None, datas
     if run_dir is not None:
         sections.append(run_section(Path(run_dir), out.parent))
     body = "".join(f"<section><h2>{html.escape(section.title)}</h2>{section.table_html}"
-                   f"{''.join(_figure_html(path) for path in section.figures)}</section>" for section in sections)
+                   f"{''.join(_figure_html(path, section.captions) for path in section.figures)}</section>" for section in sections)
     out.write_text(
         "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
         f"<title>{html.escape(title)}</title><style>"

@@ -5,33 +5,48 @@ ds = umop.data.CocoDetection(ann_file, image_dir, transforms=umop.data.build_tra
 image, target = ds[0]   # float [3, H, W] 0..1; {"boxes" (N, 4) xyxy, "labels" (N,), "image_id", "orig_size"}
 loader = DataLoader(ds, batch_size=2, collate_fn=umop.data.collate_fn)
 ```
+
+The names below are imported on first use (so that ``umop -h`` and ``umop data -h`` do not load torch).
 """
 
-from umop.data.check import CheckReport, check_dataset
-from umop.data.coco import CocoDetection, collate_fn, index_coco, load_coco_json
-from umop.data.convert import coco_to_voc, coco_to_yolo, read_class_names, save_coco_json, voc_to_coco, yolo_to_coco
-from umop.data.records import BadRecord, BadRecordWarning
-from umop.data.synthetic import make_synthetic_dataset, make_tiny_synthetic_dataset, synthetic_class_names
-from umop.data.transforms import ResizeShorterSide, build_transforms
+from __future__ import annotations
 
-__all__ = [
-    "BadRecord",
-    "BadRecordWarning",
-    "CheckReport",
-    "CocoDetection",
-    "ResizeShorterSide",
-    "build_transforms",
-    "check_dataset",
-    "coco_to_voc",
-    "coco_to_yolo",
-    "collate_fn",
-    "index_coco",
-    "load_coco_json",
-    "make_synthetic_dataset",
-    "make_tiny_synthetic_dataset",
-    "read_class_names",
-    "save_coco_json",
-    "synthetic_class_names",
-    "voc_to_coco",
-    "yolo_to_coco",
-]
+import importlib
+from typing import Any
+
+_LAZY = {
+    "CheckReport": "umop.data.check",
+    "check_dataset": "umop.data.check",
+    "CocoDetection": "umop.data.coco",
+    "collate_fn": "umop.data.coco",
+    "default_image_dir": "umop.data.coco",
+    "index_coco": "umop.data.coco",
+    "load_coco_json": "umop.data.coco",
+    "coco_to_voc": "umop.data.convert",
+    "coco_to_yolo": "umop.data.convert",
+    "read_class_names": "umop.data.convert",
+    "save_coco_json": "umop.data.convert",
+    "voc_to_coco": "umop.data.convert",
+    "yolo_to_coco": "umop.data.convert",
+    "BadRecord": "umop.data.records",
+    "BadRecordWarning": "umop.data.records",
+    "make_synthetic_dataset": "umop.data.synthetic",
+    "make_tiny_synthetic_dataset": "umop.data.synthetic",
+    "synthetic_class_names": "umop.data.synthetic",
+    "ResizeShorterSide": "umop.data.transforms",
+    "build_transforms": "umop.data.transforms",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'umop.data' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from umop.data import records as rec
-from umop.data.coco import index_coco, load_coco_json
+from umop.data.coco import default_image_dir, index_coco, load_coco_json
 from umop.data.image_io import read_image_rgb
 
 __all__ = ["CheckReport", "check_dataset"]
@@ -88,7 +88,8 @@ def check_dataset(ann_file: str | Path, image_dir: str | Path | None = None, *, 
 
     Args:
         ann_file: COCO instances json.
-        image_dir: folder that ``file_name`` is relative to (default: the json's folder).
+        image_dir: folder that ``file_name`` is relative to (default: the json's recorded ``info.image_dir``,
+            else the json's folder).
         decode_images: decode every image (finds unreadable files and size mismatches); False only checks
             that the files exist.
 
@@ -97,7 +98,7 @@ def check_dataset(ann_file: str | Path, image_dir: str | Path | None = None, *, 
     """
     ann_file = Path(ann_file)
     coco = load_coco_json(ann_file)
-    image_dir = Path(image_dir) if image_dir is not None else ann_file.parent
+    image_dir = Path(image_dir) if image_dir is not None else default_image_dir(coco, ann_file)
     if not image_dir.is_dir():
         raise FileNotFoundError(f"image folder not found: {image_dir}")
     index = index_coco(coco, image_dir, source=str(ann_file))

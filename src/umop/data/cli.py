@@ -11,16 +11,11 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from pathlib import Path
 from typing import Any
-
-from umop.data.check import check_dataset
-from umop.data.convert import read_class_names, save_coco_json, voc_to_coco, yolo_to_coco
-from umop.data.image_io import IMAGE_EXTENSIONS
-from umop.data.records import BadRecordWarning, format_counts
-from umop.data.synthetic import make_synthetic_dataset
 
 __all__ = ["register"]
 
@@ -52,7 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="report every bad record of a COCO json (exit code 1 if any)")
     check.add_argument("ann_file", type=Path, help="COCO json")
-    check.add_argument("--images", type=Path, help="image folder (default: the json's folder)")
+    check.add_argument("--images", type=Path, help="image folder (default: the folder `umop data convert` "
+                       "recorded in the json, else the json's folder)")
     check.add_argument("--no-decode", action="store_true", help="only check that image files exist (faster)")
     check.add_argument("--max-listed", type=int, default=None, help="list at most this many records of each family")
     check.set_defaults(func=_check)
@@ -76,6 +72,8 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 
 def _class_names(value: str | None) -> Any:
+    from umop.data.convert import read_class_names
+
     if value is None:
         return None
     if not Path(value).is_file() and "," in value:
@@ -84,6 +82,8 @@ def _class_names(value: str | None) -> Any:
 
 
 def _yolo_images_dir(src: Path, split: str | None, images: Path | None) -> Path:
+    from umop.data.image_io import IMAGE_EXTENSIONS
+
     if images is not None:
         return images
     if not src.is_dir():
@@ -102,6 +102,9 @@ def _yolo_images_dir(src: Path, split: str | None, images: Path | None) -> Path:
 
 
 def _convert(args: argparse.Namespace) -> int:
+    from umop.data.convert import save_coco_json, voc_to_coco, yolo_to_coco
+    from umop.data.records import BadRecordWarning, format_counts
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", BadRecordWarning)  # the issues are printed below instead
@@ -115,6 +118,8 @@ def _convert(args: argparse.Namespace) -> int:
         print(f"umop data convert: error: {error}", file=sys.stderr)
         return 2
     issues = coco["info"]["conversion_issues"]
+    # Record the image folder (relative to the json's folder when possible), so --images need not be repeated.
+    coco["info"]["image_dir"] = _relative_to(Path(image_dir).resolve(), Path(args.out).resolve().parent)
     for issue in issues:
         print(f"  {issue['source']}: {issue['record']}: {issue['kind']}: {issue['message']}")
     save_coco_json(coco, args.out)
@@ -122,9 +127,17 @@ def _convert(args: argparse.Namespace) -> int:
     print(
         f"wrote {args.out}: {len(coco['images'])} images, {len(coco['annotations'])} boxes, "
         f"{len(coco['categories'])} categories; issues: {counts}\n"
-        f"use it with: --images {image_dir}"
+        f"image folder recorded in the json: {image_dir} (data check/analyze/train find it without --images)"
     )
     return 0
+
+
+def _relative_to(path: Path, start: Path) -> str:
+    """``path`` relative to ``start`` (``..`` allowed), or absolute when there is no relative path."""
+    try:
+        return os.path.relpath(path, start)
+    except ValueError:  # another drive (Windows)
+        return str(path)
 
 
 def _count(issues: list[dict[str, Any]]) -> dict[str, int]:
@@ -135,6 +148,8 @@ def _count(issues: list[dict[str, Any]]) -> dict[str, int]:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from umop.data.check import check_dataset
+
     try:
         report = check_dataset(args.ann_file, args.images, decode_images=not args.no_decode)
     except (OSError, ValueError) as error:
@@ -145,6 +160,8 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
+    from umop.data.synthetic import make_synthetic_dataset
+
     size = args.image_size[0] if len(args.image_size) == 1 else tuple(args.image_size[:2])
     try:
         path = make_synthetic_dataset(

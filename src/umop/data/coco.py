@@ -30,7 +30,19 @@ from umop.data.image_io import image_size, read_image_rgb
 
 CLIP_TOLERANCE = 1.0  # pixels a box may exceed the image by before its clipping is reported
 
-__all__ = ["CocoDetection", "CocoIndex", "collate_fn", "index_coco", "load_coco_json", "CLIP_TOLERANCE"]
+__all__ = ["CocoDetection", "CocoIndex", "collate_fn", "index_coco", "load_coco_json", "default_image_dir",
+           "CLIP_TOLERANCE"]
+
+
+def default_image_dir(coco: dict[str, Any], ann_file: str | Path) -> Path:
+    """The image folder of a COCO json when none is given: the ``info.image_dir`` that ``umop data convert``
+    records (absolute, or relative to the json's folder), else the json's own folder."""
+    ann_file = Path(ann_file)
+    info = coco.get("info") if isinstance(coco, dict) else None
+    recorded = info.get("image_dir") if isinstance(info, dict) else None
+    if isinstance(recorded, str) and recorded:
+        return ann_file.parent / recorded  # an absolute path stays absolute
+    return ann_file.parent
 
 
 def load_coco_json(ann_file: str | Path) -> dict[str, Any]:
@@ -252,17 +264,23 @@ class CocoDetection(torch.utils.data.Dataset):
 
     Args:
         ann_file: path of the json (or an already loaded COCO dict).
-        image_dir: folder that ``file_name`` is relative to; default: the json's folder.
+        image_dir: folder that ``file_name`` is relative to; default: the json's recorded ``info.image_dir``
+            (see :func:`default_image_dir`), else the json's folder.
         transforms: callable ``(image, target) -> (image, target)`` (e.g. :func:`umop.data.build_transforms`);
             it receives a ``tv_tensors.Image`` (uint8) and ``target["boxes"]`` as ``tv_tensors.BoundingBoxes``.
         remove_images_without_annotations: drop images that have no (non-crowd) box.
         warn: emit the bad-record warnings (one per record plus a summary).
+        unreadable: what ``dataset[i]`` does when image ``i`` cannot be decoded: ``"substitute"`` (training:
+            the next readable image is returned instead) or ``"skip"`` (evaluation / prediction: the sample
+            ``(None, {"image_id", "file_name", "load_error"})`` is returned, so that every other image is
+            evaluated exactly once and the failure is counted; :func:`collate_fn` passes it through).
 
     ``dataset[i]`` returns ``(image, target)``: image float ``[3, H, W]`` in 0..1; target ``{"boxes": (N, 4)
     float xyxy absolute, "labels": (N,) long in 0..K-1, "image_id": int, "orig_size": (h, w)}``.
-    An image that cannot be decoded at load time is recorded in :attr:`load_failures` (with a warning) and
-    the next valid record is returned instead, so an epoch never crashes on one bad file. (With DataLoader
-    workers, each worker keeps its own record of failures.)
+    An image that cannot be decoded at load time is recorded in :attr:`load_failures` (with a warning) and,
+    with ``unreadable="substitute"``, the next valid record is returned instead, so an epoch never crashes on
+    one bad file; with ``unreadable="skip"`` a ``None`` image marks it. (With DataLoader workers, each worker
+    keeps its own record of failures.)
 
     Attributes:
         class_names: category names, index = label.
@@ -281,7 +299,11 @@ class CocoDetection(torch.utils.data.Dataset):
         *,
         remove_images_without_annotations: bool = False,
         warn: bool = True,
+        unreadable: str = "substitute",
     ) -> None:
+        if unreadable not in ("substitute", "skip"):
+            raise ValueError(f"unreadable must be 'substitute' or 'skip', got {unreadable!r}")
+        self.unreadable = unreadable
         if isinstance(ann_file, dict):
             raw, self.ann_file, source = ann_file, None, "<dict>"
             if image_dir is None:
@@ -289,7 +311,7 @@ class CocoDetection(torch.utils.data.Dataset):
         else:
             self.ann_file = Path(ann_file)
             raw, source = load_coco_json(self.ann_file), str(self.ann_file)
-        self.image_dir = Path(image_dir) if image_dir is not None else self.ann_file.parent  # type: ignore[union-attr]
+        self.image_dir = Path(image_dir) if image_dir is not None else default_image_dir(raw, self.ann_file)  # type: ignore[arg-type]
         if not self.image_dir.is_dir():
             raise FileNotFoundError(f"image_dir not found: {self.image_dir} (annotations: {source})")
         self.transforms = transforms
@@ -340,6 +362,8 @@ class CocoDetection(torch.utils.data.Dataset):
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for a dataset of {len(self)} images")
         index %= len(self)
+        if self.unreadable == "skip":
+            return self._get_or_skip(index)
         for offset in range(len(self)):
             candidate = (index + offset) % len(self)
             if candidate in self._failed:
@@ -355,6 +379,21 @@ class CocoDetection(torch.utils.data.Dataset):
             return self._make_sample(candidate, image)
         raise RuntimeError(f"{self._source}: none of the {len(self)} images could be read; see dataset.load_failures")
 
+    def _get_or_skip(self, index: int) -> tuple[torch.Tensor | None, dict[str, Any]]:
+        info = self._images[index]
+        failed = {"image_id": int(info["id"]), "file_name": info["file_name"]}
+        if index in self._failed:
+            message = next((f.message for f in self.load_failures if f.record.startswith(f"image id={info['id']} ")),
+                           "unreadable")
+            return None, {**failed, "load_error": message}
+        try:
+            image = self._read(index)
+        except (OSError, ValueError) as error:
+            kind = rec.UNREADABLE_IMAGE if isinstance(error, OSError) else rec.IMAGE_SIZE_MISMATCH
+            self._record_failure(index, kind, str(error), substitute=False)
+            return None, {**failed, "load_error": str(error)}
+        return self._make_sample(index, image)
+
     def _read(self, index: int) -> torch.Tensor:
         info = self._images[index]
         image = read_image_rgb(self.image_dir / info["file_name"])
@@ -364,12 +403,13 @@ class CocoDetection(torch.utils.data.Dataset):
             )
         return image
 
-    def _record_failure(self, index: int, kind: str, message: str) -> None:
+    def _record_failure(self, index: int, kind: str, message: str, substitute: bool = True) -> None:
         info = self._images[index]
         failure = rec.BadRecord(kind, self._source, f"image id={info['id']} ({info['file_name']})", message)
         self._failed.add(index)
         self.load_failures.append(failure)
-        warnings.warn(f"skipped at load time: {failure}; using the next image instead", rec.BadRecordWarning, stacklevel=3)
+        then = "using the next image instead" if substitute else "not evaluated (counted as a failed image)"
+        warnings.warn(f"skipped at load time: {failure}; {then}", rec.BadRecordWarning, stacklevel=3)
 
     def _make_sample(self, index: int, image: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
         info = self._images[index]

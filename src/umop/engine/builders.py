@@ -17,7 +17,7 @@ from .config import Config, ConfigError, DataConfig, ModelConfig
 from .distributed import get_rank, get_world_size
 
 __all__ = ["build_model", "build_dataset", "build_train_loader", "build_eval_loader", "prepare_synthetic_data",
-           "EpochSeededDataset", "seed_worker", "test_min_size"]
+           "EpochSeededDataset", "ResumableDistributedSampler", "seed_worker", "test_min_size"]
 
 
 def build_model(model_config: ModelConfig, num_classes: int | None = None) -> nn.Module:
@@ -96,7 +96,9 @@ def build_dataset(data: DataConfig, train: bool) -> Dataset:
     else:
         transforms = build_transforms(train=False, min_size=test_min_size(data), max_size=data.max_size,
                                       flip_prob=0.0)
-    dataset = CocoDetection(ann, images or None, transforms=transforms)
+    # Training substitutes an unreadable image; evaluation skips and counts it (each image evaluated once).
+    dataset = CocoDetection(ann, images or None, transforms=transforms,
+                            unreadable="substitute" if train else "skip")
     if len(dataset) == 0:
         raise ConfigError(f"config key 'data.{split}_ann': '{ann}' has no usable images")
     return dataset
@@ -139,6 +141,28 @@ class EpochSeededDataset(Dataset):
         return getattr(self.dataset, name)
 
 
+class ResumableDistributedSampler(DistributedSampler):
+    """A :class:`DistributedSampler` that can start an epoch part-way (a resumed mid-epoch checkpoint).
+
+    ``set_start(n)`` drops the first ``n`` indices of this rank's epoch order (``n`` = iterations done x the
+    per-process batch size); the remaining indices are exactly those an uninterrupted epoch would yield.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.start_index = 0
+
+    def set_start(self, start_index: int) -> None:
+        self.start_index = max(0, int(start_index))
+
+    def __iter__(self):  # type: ignore[override]
+        indices = list(super().__iter__())
+        return iter(indices[self.start_index:])
+
+    def __len__(self) -> int:
+        return max(0, self.num_samples - self.start_index)
+
+
 def seed_worker(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: seed NumPy and ``random`` from the worker's torch seed."""
     worker_seed = torch.initial_seed() % 2**32
@@ -155,7 +179,7 @@ def _collate() -> Any:
     return collate_detection
 
 
-def build_train_loader(dataset: Dataset, config: Config) -> tuple[DataLoader, DistributedSampler]:
+def build_train_loader(dataset: Dataset, config: Config) -> tuple[DataLoader, ResumableDistributedSampler]:
     """Shuffled loader over this rank's shard; the order depends only on ``seed`` and the epoch.
 
     ``config.batch_size`` is the global batch: each of the ``world_size`` processes loads
@@ -165,8 +189,8 @@ def build_train_loader(dataset: Dataset, config: Config) -> tuple[DataLoader, Di
     if config.batch_size % world_size:
         raise ConfigError(f"config key 'batch_size' ({config.batch_size}) must be divisible by the number of "
                           f"processes ({world_size})")
-    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=get_rank(), shuffle=True,
-                                 seed=config.seed, drop_last=False)
+    sampler = ResumableDistributedSampler(dataset, num_replicas=world_size, rank=get_rank(), shuffle=True,
+                                          seed=config.seed, drop_last=False)
     generator = torch.Generator()
     generator.manual_seed(config.seed)
     loader = DataLoader(dataset, batch_size=config.batch_size // world_size, sampler=sampler,

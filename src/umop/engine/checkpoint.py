@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["save_checkpoint", "load_checkpoint", "get_rng_states", "set_rng_states", "seed_everything"]
+__all__ = ["save_checkpoint", "load_checkpoint", "load_model_state", "get_rng_states", "set_rng_states",
+           "seed_everything"]
 
 
 def seed_everything(seed: int) -> None:
@@ -84,3 +85,30 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if "model" not in checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
         checkpoint = {"model": checkpoint}
     return checkpoint
+
+
+def load_model_state(model: torch.nn.Module, state: dict[str, Any], source: str) -> None:
+    """``model.load_state_dict(state)`` (a ``module.`` prefix from DDP removed) with a one-line error.
+
+    Raises:
+        ValueError: the weights do not fit the model; the message counts the missing, unexpected and
+            differently shaped tensors and names the first of each, instead of listing every one.
+    """
+    state = {key.removeprefix("module."): value for key, value in state.items()}
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    reshaped = [key for key, value in state.items() if key in expected and hasattr(value, "shape")
+                and tuple(value.shape) != tuple(expected[key].shape)]
+    if missing or unexpected or reshaped:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} tensors missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if reshaped:
+            key = reshaped[0]
+            parts.append(f"{len(reshaped)} with other shapes (e.g. {key}: {tuple(state[key].shape)} in the "
+                         f"file, {tuple(expected[key].shape)} in the model)")
+        raise ValueError(f"{source} does not fit the model: {'; '.join(parts)}")
+    model.load_state_dict(state)

@@ -25,17 +25,29 @@ from typing import Any, Union
 
 import yaml
 
-from ..models.build import COMPONENTS, check_model_options
+from ..errors import UserError
 
 __all__ = [
     "Config", "ModelConfig", "DataConfig", "SyntheticDataConfig", "SolverConfig", "LogConfig", "EvalConfig",
+    "CheckpointConfig", "config_help", "describe_config",
     "ConfigError", "load_config", "config_from_dict", "config_to_dict", "apply_overrides", "parse_override",
     "resolve_config_path", "packaged_config_dir", "list_packaged_configs",
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or an override is invalid; the message names the key (and the file, if any)."""
+
+
+def _opt(default: Any, meaning: str) -> Any:
+    """A dataclass field with its one-line meaning (``metadata["help"]``, printed by ``umop config show``)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"help": meaning})
+    return field(default=default, metadata={"help": meaning})
+
+
+def _section(cls: type, meaning: str) -> Any:
+    return field(default_factory=cls, metadata={"help": meaning})
 
 
 @dataclass
@@ -50,19 +62,23 @@ class ModelConfig:
     All are validated when the config is loaded (unknown name or option: the nearest valid one).
     """
 
-    name: str = "atss"
-    num_classes: int = 80
-    backbone: str = "resnet50"
-    pretrained_backbone: bool = False
-    cls_loss: str = ""
-    cls_loss_options: dict = field(default_factory=dict)
-    box_loss: str = ""
-    box_loss_options: dict = field(default_factory=dict)
-    sampler: str = ""
-    sampler_options: dict = field(default_factory=dict)
-    reweighting: str = ""
-    reweighting_options: dict = field(default_factory=dict)
-    options: dict = field(default_factory=dict)
+    name: str = _opt("atss", "detector: retinanet | atss | fcos | vfnet")
+    num_classes: int = _opt(80, "number of object classes (must match the training data)")
+    backbone: str = _opt("resnet50", "backbone: resnet18/34/50/101, resnext..., or a timm name (swin_t, timm:<model>)")
+    pretrained_backbone: bool = _opt(False, "start the backbone from ImageNet weights (downloaded by torchvision, "
+                                            "or model.options.backbone_weights=FILE)")
+    cls_loss: str = _opt("", "classification loss: focal | pfl | pfl_mean | varifocal | quality_focal | ghm_c | "
+                             "ap_loss | alrp | rank_sort (umop.losses.CLS_LOSSES; empty: the detector's default)")
+    cls_loss_options: dict = _opt({}, "the classification loss's options, e.g. PFL {gamma, delta, w, estimator}")
+    box_loss: str = _opt("", "box loss: l1 | smooth_l1 | balanced_l1 | ghm_r | kl | iou | giou | diou | ciou | "
+                             "bounded_iou (umop.losses.BOX_LOSSES; empty: the detector's default)")
+    box_loss_options: dict = _opt({}, "the box loss's options, e.g. kl {beta, var_voting, sigma_t}")
+    sampler: str = _opt("", "sampler: ohem | iou_balanced | random (umop.samplers.SAMPLERS; empty: none)")
+    sampler_options: dict = _opt({}, "the sampler's options, e.g. ohem {neg_pos_ratio}")
+    reweighting: str = _opt("", "sample reweighting: pisa (empty: none)")
+    reweighting_options: dict = _opt({}, "the reweighting's options, e.g. pisa {isr_k, carl_k, carl_bias}")
+    options: dict = _opt({}, "detector and backbone keyword arguments, e.g. fpn_channels, score_thresh, "
+                             "loss_weights, backbone_weights=FILE (docs/REMEDIES.md)")
 
     def component_specs(self) -> dict[str, tuple[str | None, dict]]:
         """Component key -> ``(name or None = the detector's default, options)``, as
@@ -77,7 +93,7 @@ class ModelConfig:
         return arguments
 
 
-MODEL_COMPONENTS = COMPONENTS
+MODEL_COMPONENTS = ("cls_loss", "box_loss", "sampler", "reweighting")  # = umop.models.build.COMPONENTS
 # the free-form mappings of the model section (their keys are checked by umop.models.build, not here)
 MODEL_OPTION_KEYS = ("options",) + tuple(f"{key}_options" for key in MODEL_COMPONENTS)
 
@@ -86,17 +102,17 @@ MODEL_OPTION_KEYS = ("options",) + tuple(f"{key}_options" for key in MODEL_COMPO
 class SyntheticDataConfig:
     """Built-in synthetic dataset (:func:`umop.data.make_synthetic_dataset`), generated on first use."""
 
-    enabled: bool = False
-    num_train: int = 64
-    num_val: int = 16
-    image_size: int = 256
-    num_classes: int = 3
-    class_imbalance: float = 4.0
-    min_object_size: int = 4
-    max_object_size_fraction: float = 0.8
-    objects_per_image: list = field(default_factory=lambda: [1, 8])
-    seed: int = 0
-    out_dir: str = ""  # default: RUN_DIR/data
+    enabled: bool = _opt(False, "generate and use the built-in synthetic dataset instead of data.*_ann")
+    num_train: int = _opt(64, "training images to generate")
+    num_val: int = _opt(16, "validation images to generate")
+    image_size: int = _opt(256, "side of the square synthetic images (pixels)")
+    num_classes: int = _opt(3, "number of synthetic classes")
+    class_imbalance: float = _opt(4.0, "frequency ratio of the most to the least common class")
+    min_object_size: int = _opt(4, "smallest object side (pixels)")
+    max_object_size_fraction: float = _opt(0.8, "largest object side as a fraction of the image side")
+    objects_per_image: list = _opt([1, 8], "range [lo, hi] of objects per image")
+    seed: int = _opt(0, "generator seed (val uses seed + 1)")
+    out_dir: str = _opt("", "where the data is written (empty = RUN_DIR/data)")
 
 
 @dataclass
@@ -108,15 +124,17 @@ class DataConfig:
     ``min_size``, or the upper end of the range).
     """
 
-    train_ann: str = ""
-    train_images: str = ""
-    val_ann: str = ""
-    val_images: str = ""
-    min_size: Union[int, list] = 800
-    max_size: int = 1333
-    test_min_size: int = 0  # 0 = derived from min_size
-    flip_prob: float = 0.5
-    synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
+    train_ann: str = _opt("", "COCO json of the training split (convert VOC/YOLO with `umop data convert`)")
+    train_images: str = _opt("", "image folder of the training split (empty = the json's 'image_dir', "
+                                 "else the json's folder)")
+    val_ann: str = _opt("", "COCO json of the validation split (empty = no evaluation)")
+    val_images: str = _opt("", "image folder of the validation split (empty = the json's 'image_dir', "
+                               "else the json's folder)")
+    min_size: Union[int, list] = _opt(800, "shorter image side when training: an int, or [lo, hi] for multi-scale")
+    max_size: int = _opt(1333, "cap on the longer image side")
+    test_min_size: int = _opt(0, "shorter image side at evaluation (0 = min_size, or its upper end)")
+    flip_prob: float = _opt(0.5, "probability of a horizontal flip when training")
+    synthetic: SyntheticDataConfig = _section(SyntheticDataConfig, "built-in synthetic dataset")
 
 
 @dataclass
@@ -126,58 +144,69 @@ class SolverConfig:
     ``lr`` of 0 means ``base_lr * batch_size / base_batch_size`` (linear scaling rule).
     """
 
-    optimizer: str = "sgd"  # sgd | adamw
-    lr: float = 0.0
-    base_lr: float = 0.01
-    base_batch_size: int = 16
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    norm_bias_decay: bool = True  # False: no weight decay on norm layers and biases
-    warmup_iters: int = 500
-    warmup_ratio: float = 0.001
-    epochs: int = 12
-    steps: list = field(default_factory=lambda: [8, 11])
-    gamma: float = 0.1
-    grad_clip: float = 0.0  # max gradient L2 norm; 0 = off
-    amp: bool = True  # mixed precision, used on CUDA only
-    max_iters_per_epoch: int = 0  # 0 = the whole dataset; >0 caps an epoch (quick runs, tests)
-    max_nonfinite: int = 20  # consecutive non-finite losses tolerated before stopping
-    max_train_seconds: float = 0.0  # >0: stop (checkpoint + evaluate) once training has run this long
+    optimizer: str = _opt("sgd", "sgd | adamw")
+    lr: float = _opt(0.0, "learning rate (0 = base_lr * batch_size / base_batch_size, linear scaling rule)")
+    base_lr: float = _opt(0.01, "learning rate at base_batch_size (used when lr is 0)")
+    base_batch_size: int = _opt(16, "batch size that base_lr is meant for")
+    momentum: float = _opt(0.9, "SGD momentum (AdamW beta1)")
+    weight_decay: float = _opt(1e-4, "weight decay")
+    norm_bias_decay: bool = _opt(True, "False: no weight decay on norm layers and biases")
+    warmup_iters: int = _opt(500, "linear warmup length (iterations)")
+    warmup_ratio: float = _opt(0.001, "learning rate at the start of warmup, as a fraction of lr")
+    epochs: int = _opt(12, "training epochs")
+    steps: list = _opt([8, 11], "epochs after which the learning rate is multiplied by gamma")
+    gamma: float = _opt(0.1, "learning-rate decay factor at each step")
+    grad_clip: float = _opt(0.0, "max gradient L2 norm (0 = no clipping)")
+    amp: bool = _opt(True, "mixed precision (float16 autocast), used on CUDA only")
+    max_iters_per_epoch: int = _opt(0, "cap on the iterations of an epoch (0 = the whole dataset; quick runs)")
+    max_nonfinite: int = _opt(20, "consecutive non-finite losses tolerated before training stops")
+    max_train_seconds: float = _opt(0.0, ">0: stop (checkpoint + evaluate) once training has run this long")
 
 
 @dataclass
 class LogConfig:
     """Logging: progress bar, ``log.jsonl`` every ``every`` iterations, TensorBoard scalars."""
 
-    every: int = 20
-    tensorboard: bool = True
-    progress_bar: bool = True
-    objective_every: int = 0  # >0: log per-loss gradient norms at the FPN features (survey Fig. 14)
+    every: int = _opt(20, "write a log.jsonl record every N iterations (and at the first)")
+    tensorboard: bool = _opt(True, "also write TensorBoard scalars to RUN_DIR/tb")
+    progress_bar: bool = _opt(True, "show a tqdm progress bar")
+    objective_every: int = _opt(200, "log per-loss gradient norms at the FPN features every N iterations, at a "
+                                     "logged iteration (survey Fig. 14; 0 = off; costs one extra backward)")
 
 
 @dataclass
 class EvalConfig:
     """Evaluation on the validation set during training (every ``every`` epochs; 0 = only at the end)."""
 
-    every: int = 1
-    batch_size: int = 0  # 0 = the training batch size per process
+    every: int = _opt(1, "evaluate every N epochs (0 = only after the last epoch)")
+    batch_size: int = _opt(0, "evaluation batch size per process (0 = the training batch size per process)")
+
+
+@dataclass
+class CheckpointConfig:
+    """Checkpoints in ``RUN_DIR/checkpoints``: ``last.pt`` (always), ``epoch_N.pt``, ``best.pt``."""
+
+    keep_last: int = _opt(3, "keep the newest N epoch_N.pt files (0 = keep all); last.pt and best.pt stay")
+    every_iters: int = _opt(0, ">0: also save last.pt every N iterations within an epoch (resumable mid-epoch)")
+    best_metric: str = _opt("AP", "evaluation metric whose highest value is kept as best.pt ('' = no best.pt)")
 
 
 @dataclass
 class Config:
     """A complete training run."""
 
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    solver: SolverConfig = field(default_factory=SolverConfig)
-    log: LogConfig = field(default_factory=LogConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    batch_size: int = 16  # images per optimiser step over all processes (split across DDP ranks)
-    workers: int = 2  # DataLoader worker processes per rank
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    output_dir: str = ""  # default: runs/<config name>
-    name: str = ""  # run name, default: the config file's stem
+    model: ModelConfig = _section(ModelConfig, "the detector")
+    data: DataConfig = _section(DataConfig, "datasets and resizing")
+    solver: SolverConfig = _section(SolverConfig, "optimisation")
+    log: LogConfig = _section(LogConfig, "logging")
+    eval: EvalConfig = _section(EvalConfig, "evaluation during training")
+    checkpoint: CheckpointConfig = _section(CheckpointConfig, "checkpoints")
+    batch_size: int = _opt(16, "images per optimiser step over all processes (split across DDP ranks)")
+    workers: int = _opt(2, "DataLoader worker processes per rank")
+    seed: int = _opt(0, "seed of every random generator (data order, augmentation, initialisation)")
+    device: str = _opt("auto", "auto | cpu | cuda | cuda:N")
+    output_dir: str = _opt("", "run folder (empty = runs/<name>)")
+    name: str = _opt("", "run name (empty = the config file's stem)")
 
     @property
     def learning_rate(self) -> float:
@@ -368,6 +397,9 @@ def validate_config(config: Config) -> None:
         (config.solver.lr >= 0, "solver.lr", "must be >= 0 (0 = linear scaling of base_lr)"),
         (config.solver.max_nonfinite >= 1, "solver.max_nonfinite", "must be >= 1"),
         (config.log.every >= 1, "log.every", "must be >= 1"),
+        (config.log.objective_every >= 0, "log.objective_every", "must be >= 0"),
+        (config.checkpoint.keep_last >= 0, "checkpoint.keep_last", "must be >= 0 (0 = keep all)"),
+        (config.checkpoint.every_iters >= 0, "checkpoint.every_iters", "must be >= 0"),
         (0 <= config.data.flip_prob <= 1, "data.flip_prob", "must be in [0, 1]"),
         (all(isinstance(s, int) for s in config.solver.steps), "solver.steps", "must be a list of epochs (ints)"),
     ]
@@ -384,6 +416,9 @@ def validate_config(config: Config) -> None:
 def validate_model(model: ModelConfig) -> None:
     """Check the detector name, its options and every component name / option / combination against
     :mod:`umop.models.build` (nothing is built); ConfigError naming the config key and the nearest name."""
+    # imported here: ``umop config show`` / ``umop -h`` read configs without loading torch
+    from ..models.build import check_model_options
+
     try:
         check_model_options(model.name, model.component_specs(), model.options)
     except ValueError as error:
@@ -457,3 +492,50 @@ def load_config(path_or_name: str | Path, overrides: list[str] | None = None) ->
 def save_config(config: Config, path: str | Path) -> None:
     """Write the resolved config as YAML."""
     Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+
+
+# ------------------------------------------------------------------------------------------------ meanings
+
+def config_help(cls: type = None) -> dict[str, str]:  # type: ignore[assignment]
+    """``{"solver.lr": "learning rate (...)", ...}``: the one-line meaning of every key (sections included)."""
+    cls = Config if cls is None else cls
+    out: dict[str, str] = {}
+
+    def walk(section: type, prefix: str) -> None:
+        hints = _type_hints(section)
+        for f in dataclasses.fields(section):
+            out[prefix + f.name] = f.metadata.get("help", "")
+            if dataclasses.is_dataclass(hints[f.name]):
+                walk(hints[f.name], f"{prefix}{f.name}.")
+
+    walk(cls, "")
+    return out
+
+
+def describe_config(config: Config) -> str:
+    """The resolved config as YAML with every key and, as a comment, its meaning (``umop config show``)."""
+    meanings = config_help()
+    width = 44
+    lines: list[str] = []
+
+    def scalar(value: Any) -> str:
+        return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("\n...").strip()
+
+    def emit(node: Any, section: type, prefix: str, indent: str) -> None:
+        hints = _type_hints(section)
+        for f in dataclasses.fields(section):
+            key = prefix + f.name
+            value = getattr(node, f.name)
+            meaning = meanings.get(key, "")
+            if dataclasses.is_dataclass(hints[f.name]):
+                lines.append(f"{indent}{f.name}:".ljust(width) + f"  # {meaning}")
+                emit(value, hints[f.name], key + ".", indent + "  ")
+            elif key == "model.options" and value:
+                lines.append(f"{indent}{f.name}:".ljust(width) + f"  # {meaning}")
+                for option, option_value in value.items():
+                    lines.append(f"{indent}  {option}: {scalar(option_value)}")
+            else:
+                lines.append(f"{indent}{f.name}: {scalar(value)}".ljust(width) + f"  # {meaning}")
+
+    emit(config, Config, "", "")
+    return "\n".join(lines) + "\n"

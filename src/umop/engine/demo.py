@@ -42,7 +42,7 @@ def run_demo(out_dir: str | Path = "runs/demo", *, quick: bool = False, override
             prepare_synthetic_data(config, out_dir)
         print(f"[demo] training ATSS-R18 with cls_loss={cls_loss} ({config.solver.epochs} epochs, "
               f"batch {config.batch_size}, {config.data.min_size}px) -> {config.output_dir}")
-        trainer = Trainer(config)
+        trainer = Trainer(config, overwrite=True)  # the demo re-runs its fixed recipe from scratch
         summary = trainer.train()
         metrics = summary["eval"]
         print(f"[demo] {name}: AP {100 * metrics['AP']:.1f}  AP50 {100 * metrics['AP50']:.1f}  "

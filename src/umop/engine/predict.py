@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,31 +14,52 @@ from torch import nn
 
 from ..evaluation import detections_to_coco_results
 from .builders import build_model, test_min_size
-from .checkpoint import load_checkpoint
-from .config import Config
+from .checkpoint import load_checkpoint, load_model_state
+from .config import Config, ConfigError, apply_overrides, config_from_dict, load_config
 
-__all__ = ["load_trained_model", "predict_images", "draw_detections", "PALETTE"]
+__all__ = ["load_trained_model", "checkpoint_config", "predict_images", "draw_detections", "PALETTE"]
 
 PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45",
            "#fabed4", "#469990", "#dcbeff", "#9a6324", "#fffac8", "#800000", "#aaffc3", "#808000"]
 
 
-def load_trained_model(config: Config, checkpoint_path: str | Path,
-                       device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Build the config's detector and load the weights of ``checkpoint_path`` (a Trainer checkpoint).
+def checkpoint_config(checkpoint: dict[str, Any], checkpoint_path: str | Path, config: str | Path | None = None,
+                      overrides: list[str] | None = None) -> Config:
+    """The config of a trained model: ``config`` (a path / packaged name) if given, else the one stored in
+    the checkpoint by the Trainer; ``overrides`` (``--set``) apply to either.
 
-    Returns ``(model in eval mode, info)`` with ``info = {"class_names", "label_to_category_id", "epoch"}``;
-    the number of classes comes from the checkpoint when it records its class names.
+    Raises:
+        ConfigError: no config given and the checkpoint stores none (a bare ``state_dict``).
     """
-    checkpoint = load_checkpoint(checkpoint_path, map_location="cpu")
+    if config is not None:
+        return load_config(config, overrides)
+    stored = checkpoint.get("config")
+    if not isinstance(stored, dict):
+        raise ConfigError(f"checkpoint '{checkpoint_path}' stores no config (a bare state_dict?): pass the config "
+                          f"too, e.g. umop eval CONFIG {checkpoint_path}")
+    return config_from_dict(apply_overrides(stored, overrides), source=f"config stored in '{checkpoint_path}'")
+
+
+def load_trained_model(config: Config, checkpoint_path: str | Path | dict[str, Any],
+                       device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Build the config's detector and load the weights of ``checkpoint_path`` (a Trainer checkpoint, or the
+    dict already loaded from it).
+
+    The detector is built without pretrained backbone weights (no download, no ``backbone_weights`` file):
+    the checkpoint replaces every weight anyway. Returns ``(model in eval mode, info)`` with ``info =
+    {"class_names", "label_to_category_id", "epoch"}``; the number of classes comes from the checkpoint when it
+    records its class names.
+    """
+    if isinstance(checkpoint_path, dict):
+        checkpoint, source = checkpoint_path, "checkpoint"
+    else:
+        checkpoint, source = load_checkpoint(checkpoint_path, map_location="cpu"), f"checkpoint '{checkpoint_path}'"
     class_names = list(checkpoint.get("class_names") or [f"class_{i}" for i in range(config.model.num_classes)])
-    model = build_model(config.model, num_classes=len(class_names))
-    state = {k.removeprefix("module."): v for k, v in checkpoint["model"].items()}
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as error:
-        raise ValueError(f"checkpoint '{checkpoint_path}' does not match model '{config.model.name}' / backbone "
-                         f"'{config.model.backbone}' of the config: {error}") from error
+    options = {k: v for k, v in config.model.options.items() if k != "backbone_weights"}
+    model_config = dataclasses.replace(config.model, pretrained_backbone=False, options=options)
+    model = build_model(model_config, num_classes=len(class_names))
+    load_model_state(model, checkpoint["model"],
+                     f"{source} (model '{config.model.name}', backbone '{config.model.backbone}')")
     info = {
         "class_names": class_names,
         "label_to_category_id": list(checkpoint.get("label_to_category_id") or range(1, len(class_names) + 1)),
@@ -76,7 +99,12 @@ def predict_images(model: nn.Module, image_paths: Sequence[str | Path], out_dir:
     ``score_thresh`` are neither drawn nor written. Pictures whose shorter side is below ``min_display_size``
     are enlarged by an integer factor (:func:`display_scale`) so that captions stay readable.
 
-    Returns ``{"results": path, "images": [png paths], "num_detections": int}``.
+    An input that cannot be read as an image (missing, corrupt, not an image: a json, ...) is skipped with a
+    warning and listed under ``"skipped"``; the others are processed. Raises ``ValueError`` when none can be
+    read.
+
+    Returns ``{"results": path, "images": [png paths], "num_detections": int, "skipped": [{"file",
+    "error"}]}``.
     """
     from PIL import Image
     from torchvision import tv_tensors
@@ -90,12 +118,19 @@ def predict_images(model: nn.Module, image_paths: Sequence[str | Path], out_dir:
     transforms = build_transforms(train=False, min_size=min_size, max_size=max_size, flip_prob=0.0)
     model.eval()
     detections, image_records, pngs = [], [], []
+    skipped: list[dict[str, str]] = []
     used_names: set[str] = set()
-    for index, path in enumerate(image_paths):
+    for path in image_paths:
         path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"image '{path}' does not exist")
-        original = read_image_rgb(path)
+        try:
+            if not path.is_file():
+                raise OSError(f"image '{path}' does not exist")
+            original = read_image_rgb(path)
+        except OSError as error:
+            skipped.append({"file": str(path), "error": str(error)})
+            warnings.warn(f"predict: skipped {path}: {error}", RuntimeWarning, stacklevel=2)
+            continue
+        index = len(image_records)
         height, width = original.shape[-2:]
         empty = {"boxes": tv_tensors.BoundingBoxes(torch.zeros(0, 4), format="XYXY", canvas_size=(height, width)),
                  "labels": torch.zeros(0, dtype=torch.int64)}
@@ -122,14 +157,18 @@ def predict_images(model: nn.Module, image_paths: Sequence[str | Path], out_dir:
         png = out_dir / f"{name}.png"
         Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(png)
         pngs.append(png)
+    if not image_records:
+        raise ValueError(f"none of the {len(skipped)} inputs could be read as an image "
+                         f"(e.g. {skipped[0]['file']}: {skipped[0]['error']})" if skipped else "no images given")
     results = detections_to_coco_results(detections, image_ids=[r["id"] for r in image_records],
                                          label_to_category_id=label_to_category_id, score_thresh=score_thresh)
     results_path = out_dir / "results.json"
     results_path.write_text(json.dumps(results))
     categories = [{"id": int(cid), "name": name} for name, cid in
                   zip(class_names, label_to_category_id or range(1, len(class_names) + 1))]
-    (out_dir / "images.json").write_text(json.dumps({"images": image_records, "categories": categories}, indent=1))
-    return {"results": results_path, "images": pngs, "num_detections": len(results)}
+    (out_dir / "images.json").write_text(json.dumps({"images": image_records, "categories": categories,
+                                                     "skipped": skipped}, indent=1))
+    return {"results": results_path, "images": pngs, "num_detections": len(results), "skipped": skipped}
 
 
 def display_scale(height: int, width: int, min_display_size: int = 384) -> int:

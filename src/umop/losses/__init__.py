@@ -7,6 +7,7 @@ Their ``nn.Module`` twins implement the detector protocols of :mod:`umop.losses.
 and :class:`BoxLoss` (``(pred, target, weight, avg_factor) -> loss``). ``CLS_LOSSES`` / ``BOX_LOSSES`` map
 config names to them; ``build_cls_loss`` / ``build_box_loss`` validate options and build.
 """
+from .alrp import ALRPLoss, alrp_loss
 from .ap_loss import APLoss, ap_loss
 from .balanced_l1 import BalancedL1Loss, balanced_l1_loss
 from .base import BoxLoss, ClassificationLoss, level_statistics
@@ -19,6 +20,7 @@ from .pisa import PISA, CARLLoss, carl_loss, hierarchical_local_rank, isr_p
 from ..structures.levels import level_index_for, level_matrix_for
 from .progressive import ProgressiveFocalLoss, check_pfl_options, progressive_focal_loss
 from .quality_focal import QualityFocalLoss, quality_focal_loss
+from .rank_sort import RankSortLoss, rank_sort_loss
 from .reduction import weight_reduce_loss
 from .registry import BOX_LOSSES, CLS_LOSSES, build_box_loss, build_cls_loss
 from .smooth_l1 import L1Loss, SmoothL1Loss, l1_loss, smooth_l1_loss
@@ -30,6 +32,7 @@ __all__ = [
     "sigmoid_focal_loss", "FocalLoss", "progressive_focal_loss", "ProgressiveFocalLoss", "check_pfl_options",
     "varifocal_loss", "VarifocalLoss", "quality_focal_loss", "QualityFocalLoss",
     "ghmc_loss", "ghmr_loss", "GHMCLoss", "GHMRLoss", "ghm_weights", "ap_loss", "APLoss",
+    "alrp_loss", "ALRPLoss", "rank_sort_loss", "RankSortLoss",
     "l1_loss", "smooth_l1_loss", "L1Loss", "SmoothL1Loss", "balanced_l1_loss", "BalancedL1Loss",
     "iou_loss", "giou_loss", "diou_loss", "ciou_loss", "bounded_iou_loss", "aligned_box_iou",
     "IoULoss", "GIoULoss", "DIoULoss", "CIoULoss", "BoundedIoULoss", "kl_loss", "KLLoss", "variance_voting",

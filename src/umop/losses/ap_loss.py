@@ -48,6 +48,7 @@ from torch import Tensor
 
 from ._weights import broadcast_weight
 from .base import ClassificationLoss
+from .ranking import sorted_step_sums, sorted_step_update, step_function
 
 __all__ = ["ap_loss", "APLoss", "APLossFunction"]
 
@@ -59,11 +60,6 @@ def _check_options(delta: float, method: str) -> None:
         raise ValueError(f"method must be 'sort' or 'matrix', got {method!r}")
 
 
-def _step(x: Tensor, delta: float) -> Tensor:
-    """Piecewise step function f(x) (AP-Loss Sec. 3.3)."""
-    return (x / (2 * delta) + 0.5).clamp_(0.0, 1.0)
-
-
 def _matrix_sums(fg: Tensor, bg: Tensor, delta: float, max_elements: int) -> tuple[Tensor, Tensor]:
     """``(sum_k f(fg_k - fg_i), sum_j f(bg_j - fg_i))`` per positive i from chunked (chunk, P) / (chunk, N)
     comparison matrices."""
@@ -73,8 +69,8 @@ def _matrix_sums(fg: Tensor, bg: Tensor, delta: float, max_elements: int) -> tup
     with_neg = torch.empty_like(fg)
     for start in range(0, num_pos, chunk):           # chunks of positives, not single samples
         fi = fg[start:start + chunk, None]
-        with_pos[start:start + chunk] = _step(fg[None, :] - fi, delta).sum(1)
-        with_neg[start:start + chunk] = _step(bg[None, :] - fi, delta).sum(1)
+        with_pos[start:start + chunk] = step_function(fg[None, :] - fi, delta).sum(1)
+        with_neg[start:start + chunk] = step_function(bg[None, :] - fi, delta).sum(1)
     return with_pos, with_neg
 
 
@@ -85,43 +81,8 @@ def _matrix_update(fg: Tensor, bg: Tensor, coef: Tensor, delta: float, max_eleme
     out = torch.zeros_like(bg)
     for start in range(0, num_pos, chunk):
         fi = fg[start:start + chunk, None]
-        out += (_step(bg[None, :] - fi, delta) * coef[start:start + chunk, None]).sum(0)
+        out += (step_function(bg[None, :] - fi, delta) * coef[start:start + chunk, None]).sum(0)
     return out
-
-
-def _sorted_step_sums(queries: Tensor, values: Tensor, delta: float, coef: Tensor | None = None) -> Tensor:
-    """``sum_k c_k f(v_k - q)`` for every query q, exactly, in O((Q + V) log V) (``c = 1`` when ``coef`` is None).
-
-    f(v - q) is 1 for ``v > q + delta``, ``(v - q + delta) / (2 delta)`` for ``|v - q| <= delta`` and 0 below:
-    with ``values`` sorted, the two boundaries come from ``searchsorted`` and the window sums from prefix sums
-    of ``c`` and ``c * v`` (float64).
-    """
-    v, order = torch.sort(values)
-    c = torch.ones_like(v, dtype=torch.float64) if coef is None else coef[order].double()
-    zero = c.new_zeros(1)
-    csum_c = torch.cat([zero, c.cumsum(0)])
-    csum_cv = torch.cat([zero, (c * v.double()).cumsum(0)])
-    lo = torch.searchsorted(v, queries - delta, right=False)   # first v >= q - delta
-    hi = torch.searchsorted(v, queries + delta, right=True)    # first v > q + delta
-    q = queries.double()
-    above = csum_c[-1] - csum_c[hi]
-    window = ((csum_cv[hi] - csum_cv[lo]) - (q - delta) * (csum_c[hi] - csum_c[lo])) / (2 * delta)
-    return (above + window).to(queries.dtype)
-
-
-def _sorted_update(fg: Tensor, bg: Tensor, coef: Tensor, delta: float) -> Tensor:
-    """``sum_i coef_i f(bg_j - fg_i)`` per negative j: positives below ``bg_j - delta`` count fully, those
-    within ``delta`` linearly (prefix sums over the sorted positives)."""
-    s, order = torch.sort(fg)
-    c = coef[order].double()
-    zero = c.new_zeros(1)
-    csum_c = torch.cat([zero, c.cumsum(0)])
-    csum_cs = torch.cat([zero, (c * s.double()).cumsum(0)])
-    lo = torch.searchsorted(s, bg - delta, right=False)        # positives with s < b - delta: f = 1
-    hi = torch.searchsorted(s, bg + delta, right=True)         # positives with s <= b + delta
-    b = bg.double()
-    window = ((b + delta) * (csum_c[hi] - csum_c[lo]) - (csum_cs[hi] - csum_cs[lo])) / (2 * delta)
-    return (csum_c[lo] + window).to(bg.dtype)
 
 
 class APLossFunction(torch.autograd.Function):
@@ -148,7 +109,7 @@ class APLossFunction(torch.autograd.Function):
         if method == "matrix":
             with_pos, false_pos = _matrix_sums(fg, bg, delta, max_elements)
         else:
-            with_pos, false_pos = _sorted_step_sums(fg, fg, delta), _sorted_step_sums(fg, bg, delta)
+            with_pos, false_pos = sorted_step_sums(fg, fg, delta), sorted_step_sums(fg, bg, delta)
         # the sum over all positives includes k = i with f(0) = 1/2: rank+ = 1 + sum_{k != i} f = 1/2 + sum_k f
         rank_pos = 0.5 + with_pos
         rank = rank_pos + false_pos
@@ -167,7 +128,7 @@ class APLossFunction(torch.autograd.Function):
         if method == "matrix":
             update[relevant] = _matrix_update(fg, bg, coef, delta, max_elements)
         else:
-            update[relevant] = _sorted_update(fg, bg, coef, delta)
+            update[relevant] = sorted_step_update(fg, bg, coef, delta)
         update[positive] = -(1 - interp)                  # = -sum_j L_ij (scaled), Alg. 1
         ctx.save_for_backward(update.to(logits.dtype))
         return (1 - interp).sum().to(logits.dtype)

@@ -14,7 +14,9 @@
 - ``quality``: ``(B, A)`` or ``None``, the IoU of the decoded predicted box with its ground truth at the
   positives (any value elsewhere), for losses with IoU-aware targets (``needs_quality``);
 - ``loc_error``: ``(B, A)`` or ``None``, the per-prior localisation loss (with gradient), for losses that
-  also produce the box loss (``needs_loc_error``).
+  also produce the box loss (``needs_loc_error``);
+- ``positive``: ``(B, A)`` bool or ``None``, optional: the assignment's positive mask, used only for the
+  statistics (without it they are read from ``targets``, one extra pass over ``(B, A, C)``).
 
 It returns the loss (a 0-d tensor, or with ``replaces_box_loss`` a dict ``{"loss_cls", "loss_box"}``) and a
 dict of per-level statistics, every tensor ``(L,)`` and detached: ``num_positive`` (positive priors with
@@ -48,6 +50,7 @@ import torch
 from torch import Tensor, nn
 
 from ..structures.levels import level_matrix_for
+from .fused_focal import last_dim_sums
 from .reduction import REDUCTIONS, check_reduction
 
 __all__ = ["ClassificationLoss", "BoxLoss", "level_statistics", "check_classification_inputs"]
@@ -68,15 +71,18 @@ def check_classification_inputs(logits: Tensor, targets: Tensor, num_priors_per_
         raise ValueError(f"weight must be (B, A) = {tuple(logits.shape[:2])}, got {tuple(weight.shape)}")
 
 
-def level_statistics(targets: Tensor, num_priors_per_level: Sequence[int], weight: Tensor | None
-                     ) -> dict[str, Tensor]:
+def level_statistics(targets: Tensor, num_priors_per_level: Sequence[int], weight: Tensor | None,
+                     positive: Tensor | None = None) -> dict[str, Tensor]:
     """``num_positive`` and ``num_anchors`` per level ``(L,)`` float32, summed over the batch.
 
-    A prior is positive when its target row has an entry > 0; it counts only with ``weight > 0``.
-    One ``(2, A) @ (A, L)`` product; no host synchronisation.
+    A prior is positive when its target row sums to more than 0 (targets are >= 0), or where the given
+    ``positive (B, A)`` mask says so (a detector has it from the assignment: no pass over the targets); it
+    counts only with ``weight > 0``. One ``(2, A) @ (A, L)`` product; no host synchronisation.
     """
     with torch.no_grad():
-        positive = (targets > 0).any(-1)                                         # (B, A)
+        if positive is None:      # one BLAS pass, no (B, A, C) temporary
+            positive = last_dim_sums(targets if targets.is_floating_point() else targets.float()) > 0
+        positive = positive.bool()
         if weight is not None:
             valid = weight > 0
             per_prior = torch.stack([(positive & valid).sum(0), valid.sum(0)]).float()   # (2, A)
@@ -101,9 +107,11 @@ class ClassificationLoss(nn.Module):
 
     def forward(self, logits: Tensor, targets: Tensor, num_priors_per_level: Sequence[int],
                 weight: Tensor | None = None, avg_factor: float | Tensor | None = None, *,
-                quality: Tensor | None = None, loc_error: Tensor | None = None
+                quality: Tensor | None = None, loc_error: Tensor | None = None, positive: Tensor | None = None
                 ) -> tuple[Tensor | dict[str, Tensor], dict[str, Tensor]]:
         check_classification_inputs(logits, targets, num_priors_per_level, weight)
+        if positive is not None and positive.shape != logits.shape[:2]:
+            raise ValueError(f"positive must be (B, A) = {tuple(logits.shape[:2])}, got {tuple(positive.shape)}")
         name = type(self).__name__
         if self.needs_quality and quality is None:
             raise ValueError(f"{name} needs quality (B, A): the IoU of each positive's decoded box")
@@ -116,7 +124,7 @@ class ClassificationLoss(nn.Module):
             avg_factor = 1.0
         loss, extra = self.compute(logits, targets, num_priors_per_level, weight, avg_factor,
                                    quality=quality, loc_error=loc_error)
-        stats = level_statistics(targets, num_priors_per_level, weight)
+        stats = level_statistics(targets, num_priors_per_level, weight, positive)
         stats.update({key: value.detach() for key, value in extra.items()})
         if self.loss_weight != 1.0:
             loss = ({key: self.loss_weight * value for key, value in loss.items()} if isinstance(loss, dict)

@@ -23,7 +23,10 @@ differences:
 - mmdetection normalises by ``n`` (the number of non-empty regions), not by ``M`` as the paper's
   ``GD(g) = R * M`` would: we follow mmdetection (the constant cancels for the gradient direction);
 - the functional forms take the moving-average state ``acc_sum`` explicitly (updated in place); the modules
-  ``GHMCLoss`` / ``GHMRLoss`` keep it as a buffer, like mmdetection;
+  ``GHMCLoss`` (the detector's :class:`~umop.losses.base.ClassificationLoss`, config ``ghm_c``) and
+  ``GHMRLoss`` (a :class:`~umop.losses.base.BoxLoss` on deltas, config ``ghm_r``) keep it as a buffer, like
+  mmdetection; ``GHMCLoss`` always divides by ``tot`` and ignores the detector's ``avg_factor``, as
+  mmdetection's ``GHMC`` does;
 - ``reduction="none"`` returns the element-wise ``beta_i L_i`` (summing it and dividing by ``tot`` gives the
   mean); ``avg_factor`` replaces ``tot`` as the divisor when given.
 - As in mmdetection, ``weight`` only marks validity (``weight > 0``) for GHM-C; for GHM-R ``tot`` is
@@ -37,10 +40,9 @@ from torch import Tensor
 
 from ._weights import broadcast_weight
 from .base import BoxLoss, ClassificationLoss
+from .reduction import check_reduction
 
 __all__ = ["ghmc_loss", "ghmr_loss", "GHMCLoss", "GHMRLoss", "ghm_weights"]
-
-_REDUCTIONS = ("none", "mean", "sum")
 
 
 def _edges(bins: int, last: float, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -99,8 +101,7 @@ def _reduce(loss: Tensor, reduction: str, divisor: Tensor | float) -> Tensor:
 
 
 def _check_common(pred: Tensor, reduction: str, bins: int, momentum: float) -> None:
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    check_reduction(reduction)
     if int(bins) != bins or bins < 1:
         raise ValueError(f"bins must be a positive integer, got {bins!r}")
     if not 0.0 <= momentum < 1.0:

@@ -45,14 +45,13 @@ import torch
 from torch import Tensor
 
 from .base import ClassificationLoss, check_classification_inputs
-
 from ..distributed import all_reduce_sum
 from ..structures.levels import level_index_for, level_matrix_for
-from .focal import (binary_focal_prelude, binary_modulated_terms, binary_violation, last_dim_dots,
-                    last_dim_sums, scale_saved_gradient, signed_alpha_gradient)
+from .fused_focal import (binary_focal_prelude, binary_modulated_terms, binary_violation, last_dim_dots,
+                          last_dim_sums, scale_saved_gradient, signed_alpha_gradient)
 
-__all__ = ["progressive_focal_loss", "ProgressiveFocalLoss", "check_pfl_options", "level_index_for", "ESTIMATORS",
-           "LEVEL_REDUCTIONS"]
+__all__ = ["progressive_focal_loss", "ProgressiveFocalLoss", "check_pfl_options", "level_index_for",
+           "ESTIMATORS", "LEVEL_REDUCTIONS"]
 
 ESTIMATORS = ("official", "paper")
 LEVEL_REDUCTIONS = ("sum", "mean")
@@ -260,7 +259,7 @@ class ProgressiveFocalLoss(ClassificationLoss):
 
     def forward(self, logits: Tensor, targets: Tensor, num_priors_per_level: Sequence[int],
                 weight: Tensor | None = None, avg_factor: Tensor | float | None = None, *,
-                quality: Tensor | None = None, loc_error: Tensor | None = None,
+                quality: Tensor | None = None, loc_error: Tensor | None = None, positive: Tensor | None = None,
                 normalizer: Tensor | float | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         if normalizer is not None:
             if avg_factor is not None:
@@ -269,7 +268,7 @@ class ProgressiveFocalLoss(ClassificationLoss):
                           DeprecationWarning, stacklevel=2)
             avg_factor = normalizer
         loss, stats = super().forward(logits, targets, num_priors_per_level, weight, avg_factor,
-                                      quality=quality, loc_error=loc_error)
+                                      quality=quality, loc_error=loc_error, positive=positive)
         self.last_stats = stats
         return loss, stats
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..registry import Registry
+from .alrp import ALRPLoss
 from .ap_loss import APLoss
 from .balanced_l1 import BalancedL1Loss
 from .base import BoxLoss, ClassificationLoss
@@ -19,6 +20,7 @@ from .iou import BoundedIoULoss, CIoULoss, DIoULoss, GIoULoss, IoULoss
 from .kl import KLLoss
 from .progressive import ProgressiveFocalLoss
 from .quality_focal import QualityFocalLoss
+from .rank_sort import RankSortLoss
 from .smooth_l1 import L1Loss, SmoothL1Loss
 from .varifocal import VarifocalLoss
 
@@ -37,6 +39,10 @@ CLS_LOSSES.register("quality_focal", QualityFocalLoss, "Li et al., Generalized F
 CLS_LOSSES.register("ghm_c", GHMCLoss, "Li, Liu and Wang, Gradient Harmonized Single-stage Detector, AAAI 2019")
 CLS_LOSSES.register("ap_loss", APLoss, "Chen et al., Towards Accurate One-Stage Object Detection with "
                     "AP-Loss, CVPR 2019")
+CLS_LOSSES.register("alrp", ALRPLoss, "Oksuz et al., A Ranking-based, Balanced Loss Function Unifying "
+                    "Classification and Localisation in Object Detection (aLRP loss), NeurIPS 2020")
+CLS_LOSSES.register("rank_sort", RankSortLoss, "Oksuz et al., Rank & Sort Loss for Object Detection and "
+                    "Instance Segmentation, ICCV 2021")
 
 BOX_LOSSES: Registry[BoxLoss] = Registry("box loss", BoxLoss)
 BOX_LOSSES.register("l1", L1Loss, "L1 on encoded deltas")

@@ -23,6 +23,8 @@ from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelP6P7
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from ..errors import MissingDependencyError, UserError
+
 __all__ = [
     "FrozenBatchNorm2d",
     "FPNBackbone",
@@ -54,7 +56,7 @@ TIMM_BACKBONES: dict[str, str] = {
 }
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(UserError, RuntimeError):
     """Pretrained backbone weights could not be obtained (no internet and no local file)."""
 
 
@@ -94,8 +96,8 @@ def _load_pretrained_state_dict(name: str, weights_path: Optional[str | Path]) -
             f"pretrained_backbone=True needs torchvision's ImageNet weights for {name!r}, which are downloaded "
             f"from {weights.url} and that download failed (no internet access?): {error}. "
             f"Either copy that file into {cache} (torch hub cache), or download it elsewhere and pass "
-            f"backbone_weights='/path/to/{Path(weights.url).name}' (a torchvision state_dict), "
-            f"or use pretrained_backbone=False."
+            f"--set model.options.backbone_weights=/path/to/{Path(weights.url).name} (a torchvision "
+            f"state_dict), or use --set model.pretrained_backbone=false."
         ) from error
 
 
@@ -115,6 +117,15 @@ def build_resnet(
     if pretrained or weights_path is not None:
         state = _load_pretrained_state_dict(name, weights_path)
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        expected = resnet.state_dict()
+        mismatched = [k for k, v in state.items()
+                      if k in expected and hasattr(v, "shape") and tuple(v.shape) != tuple(expected[k].shape)]
+        if mismatched:  # one line, not one per tensor: these are weights of another architecture
+            first = mismatched[0]
+            raise ValueError(
+                f"backbone_weights {weights_path or ''} do not fit {name}: {len(mismatched)} of {len(expected)} "
+                f"tensors have other shapes (e.g. {first}: {tuple(state[first].shape)} in the file, "
+                f"{tuple(expected[first].shape)} in {name}); are they weights of another backbone?")
         missing, unexpected = resnet.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith("fc.")]
         if missing or unexpected:
@@ -192,8 +203,9 @@ def _build_timm_body(name: str, pretrained: bool) -> tuple[nn.Module, list[int]]
     try:
         import timm  # type: ignore[import-not-found]
     except ImportError as error:
-        raise ImportError(
-            f"backbone {name!r} needs the optional package timm: pip install 'umop[timm]' (or pip install timm)"
+        raise MissingDependencyError(
+            f"backbone {name!r} needs the optional package timm, which is not installed: pip install 'umop[timm]' "
+            f"(or pip install timm), or choose a torchvision backbone (--set model.backbone=resnet50)"
         ) from error
     model_name = TIMM_BACKBONES.get(name, name.removeprefix("timm:"))
     # C3, C4, C5 = feature stages 1..3 (strides 8, 16, 32). timm's Swin checks the input size it was built
