@@ -88,6 +88,10 @@ def check_components(detector: str, cls_loss: ClassificationLoss, box_loss: BoxL
     if isinstance(sampler, IoUBalancedSampler) and not has_prior_ious:
         raise ValueError(f"sampler {type(sampler).__name__} needs the priors' IoU with the gt, which detector "
                          f"{detector} (point priors) does not have")
+    if cls_loss.needs_loc_error and box_loss.space != "boxes":
+        raise ValueError(f"cls_loss {cls_name} needs the localisation error of each positive in [0, 1] (aLRP Eq. 9; "
+                         f"RS: GIoU), but box_loss {box_name} works on encoded deltas; use box_loss giou (or iou, "
+                         "diou, ciou, bounded_iou)")
     if box_loss.space == "deltas" and not has_delta_coder:
         raise ValueError(f"box_loss {box_name} works on encoded deltas, but detector {detector} has no delta "
                          "box coder (its box output is a distance); use a box loss on decoded boxes (iou, giou, "
