@@ -35,7 +35,7 @@ What a subclass provides
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Mapping, Optional, Sequence
 
 import torch
@@ -54,27 +54,38 @@ from .backbone import feature_size
 __all__ = ["OneStageDetector", "LossInputs", "check_components"]
 
 
-@dataclass
 class LossInputs:
     """What the detector prepared for its losses (one training step; ``B`` images, ``A`` priors).
 
     positive: ``(B, A)`` bool; positive_f: the same as float; avg_factor: the batch's positive count averaged
     over processes, >= 1 (mmdetection ``reduce_mean``); matched_boxes: ``(B, A, 4)`` gt box of each prior;
-    decoded: head-output key -> ``(B, A, 4)`` decoded boxes; quality: ``(B, A)`` detached IoU of the main
-    decoded box with its gt at the positives (clamped >= 1e-6), 0 elsewhere; extras: targets a detector
-    computes once for several terms (e.g. the centerness target).
+    :meth:`decoded` (head-output key -> ``(B, A, 4)`` decoded boxes) and :attr:`quality` (``(B, A)`` detached
+    IoU of the main decoded box with its gt at the positives, clamped >= 1e-6, 0 elsewhere) are computed on
+    first use only; extras: targets a detector computes once for several terms (e.g. the centerness target).
     """
 
-    head_outputs: dict[str, Tensor]
-    priors: Tensor
-    assign_result: AssignResult
-    positive: Tensor
-    positive_f: Tensor
-    avg_factor: Tensor
-    matched_boxes: Tensor
-    decoded: dict[str, Tensor]
-    quality: Tensor
-    extras: dict[str, Tensor] = field(default_factory=dict)  # detector-specific targets, computed once
+    def __init__(self, head_outputs: dict[str, Tensor], priors: Tensor, assign_result: AssignResult,
+                 positive: Tensor, avg_factor: Tensor, matched_boxes: Tensor, box_coder: Any) -> None:
+        self.head_outputs, self.priors, self.assign_result = head_outputs, priors, assign_result
+        self.positive, self.positive_f = positive, positive.to(head_outputs["cls_logits"].dtype)
+        self.avg_factor, self.matched_boxes = avg_factor, matched_boxes
+        self.box_coder = box_coder
+        self.extras: dict[str, Tensor] = {}
+        self._decoded: dict[str, Tensor] = {}
+
+    def decoded(self, output_key: str) -> Tensor:
+        """``(B, A, 4)`` boxes decoded from the head output ``output_key`` at every prior."""
+        if output_key not in self._decoded:
+            self._decoded[output_key] = self.box_coder.decode(self.head_outputs[output_key], self.priors.unsqueeze(0))
+        return self._decoded[output_key]
+
+    @cached_property
+    def quality(self) -> Tensor:
+        """IoU of the main decoded box with its gt (VFNet Sec. 3.1 target), detached."""
+        decoded = self.decoded("bbox_regression")  # outside no_grad: the cached boxes feed the box loss too
+        with torch.no_grad():
+            iou = aligned_box_iou(*masked_box_pairs(decoded, self.matched_boxes, self.positive))
+            return iou.clamp(min=1e-6) * self.positive_f
 
 
 def check_components(detector: str, cls_loss: ClassificationLoss, box_loss: BoxLoss, sampler: Optional[Sampler],
@@ -291,15 +302,9 @@ class OneStageDetector(nn.Module):
         logits = head_outputs["cls_logits"]
         dtype = logits.dtype
         positive = assign_result.positive_mask
-        positive_f = positive.to(dtype)
-        matched = matched_gt_boxes(gt.boxes, assign_result.matched_gt)
-        priors_b = priors.unsqueeze(0)
-        decoded = {key: self.box_coder.decode(head_outputs[key], priors_b) for key in self.box_outputs.values()}
-        with torch.no_grad():  # IoU of the (main) decoded box with its gt: the quality target (VFNet Sec. 3.1)
-            quality = aligned_box_iou(*masked_box_pairs(decoded["bbox_regression"], matched, positive))
-            quality = quality.clamp(min=1e-6) * positive_f
-        inputs = LossInputs(head_outputs, priors, assign_result, positive, positive_f,
-                            mean_over_processes(positive_f.sum()).clamp(min=1), matched, decoded, quality)
+        inputs = LossInputs(head_outputs, priors, assign_result, positive,
+                            mean_over_processes(positive.sum(dtype=dtype)).clamp(min=1),
+                            matched_gt_boxes(gt.boxes, assign_result.matched_gt), self.box_coder)
 
         targets = one_hot_targets(assign_result.labels, positive, self.num_classes, dtype)
         weight = assign_result.valid_mask.to(dtype)
@@ -312,12 +317,13 @@ class OneStageDetector(nn.Module):
         if self.reweighting is not None:  # PISA ISR-P: importance weights of the positives (no gradient)
             with torch.no_grad():
                 focal = sigmoid_focal_loss(logits.detach(), targets, reduction="none").sum(-1)  # (B, A)
-            weight = self.reweighting.reweight(quality, assign_result.labels, assign_result.matched_gt, focal,
+            weight = self.reweighting.reweight(inputs.quality, assign_result.labels, assign_result.matched_gt, focal,
                                                weight, self.num_classes)
 
         result, stats = self.cls_loss(logits, targets, assign_result.num_anchors_per_level, weight,
-                                      inputs.avg_factor, quality=quality if self.cls_loss.needs_quality else None,
-                                      loc_error=per_prior_box if self.cls_loss.needs_loc_error else None)
+                                      inputs.avg_factor, quality=inputs.quality if self.cls_loss.needs_quality else None,
+                                      loc_error=per_prior_box if self.cls_loss.needs_loc_error else None,
+                                      positive=positive)
         weights = self.loss_weights
         if isinstance(result, dict):  # aLRP: the classification loss produces the (self-balanced) box loss
             losses = {key: value * weights["loss_cls"] for key, value in result.items()}
@@ -339,7 +345,7 @@ class OneStageDetector(nn.Module):
         """``pred``, ``target`` ``(B * A, 4)`` in the box loss's space (finite everywhere; only positives
         matter) and the extra keyword arguments (``log_var`` for a KL loss)."""
         if self.box_loss.space == "boxes":
-            pred, target = masked_box_pairs(inputs.decoded[output_key], inputs.matched_boxes, inputs.positive)
+            pred, target = masked_box_pairs(inputs.decoded(output_key), inputs.matched_boxes, inputs.positive)
         else:  # deltas: non-positive priors regress onto themselves so that their (masked) targets stay finite
             priors_b = inputs.priors.unsqueeze(0).expand_as(inputs.matched_boxes)
             target_boxes = torch.where(inputs.positive.unsqueeze(-1), inputs.matched_boxes, priors_b)

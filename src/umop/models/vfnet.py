@@ -210,8 +210,9 @@ class VFNet(OneStageDetector):
 
     def box_weights(self, inputs: LossInputs) -> dict[str, tuple[Tensor, Tensor]]:
         """Each box weighted by its own (detached) IoU with its gt, divided by the sum (>= 1; VFNet / mmdet)."""
+        decoded_init = inputs.decoded("bbox_init")  # outside no_grad: the cached boxes feed the box loss too
         with torch.no_grad():
-            iou_init = aligned_box_iou(*masked_box_pairs(inputs.decoded["bbox_init"], inputs.matched_boxes,
+            iou_init = aligned_box_iou(*masked_box_pairs(decoded_init, inputs.matched_boxes,
                                                          inputs.positive)) * inputs.positive_f
         return {key: (iou, mean_over_processes(iou.sum()).clamp(min=1))
                 for key, iou in (("loss_box", inputs.quality), ("loss_box_init", iou_init))}
