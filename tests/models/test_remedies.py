@@ -102,3 +102,23 @@ def test_ranking_losses_take_no_sampler_or_reweighting(ranking, other):
     message = str(error.value)
     assert type(CLS_LOSSES.build(ranking)).__name__ in message
     assert {"ohem": "OHEM", "pisa": "PISA"}[other[1]].lower() in message.lower()
+
+
+@pytest.mark.parametrize("detector", DELTA_DETECTORS)
+def test_kl_loss_grows_a_variance_branch_and_votes_at_inference(detector, batch):
+    plain = tiny(detector, box_loss="kl", score_thresh=0.0)
+    voting = tiny(detector, box_loss="kl", box_loss_options={"var_voting": True}, score_thresh=0.0)
+    voting.load_state_dict(plain.state_dict())
+    plain.eval(), voting.eval()
+    outputs = plain.head(plain.backbone(plain.preprocess(batch[0])[0]))
+    assert outputs["bbox_log_var"].shape == outputs["bbox_regression"].shape
+    with torch.no_grad():
+        before, after = plain(batch[0]), voting(batch[0])
+    for a, b in zip(before, after):
+        # voting moves coordinates only: the same detections, scores and labels
+        assert torch.equal(a["scores"], b["scores"]) and torch.equal(a["labels"], b["labels"])
+        assert torch.isfinite(b["boxes"]).all() and len(b["boxes"]) > 0
+    assert any(not torch.allclose(a["boxes"], b["boxes"]) for a, b in zip(before, after))
+    default = tiny(detector).eval()
+    with torch.no_grad():
+        assert "bbox_log_var" not in default.head(default.backbone(default.preprocess(batch[0])[0]))
