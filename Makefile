@@ -1,4 +1,5 @@
-# The two commands a newcomer runs: `make demo` and `make test`.
+# The two commands a newcomer runs: `make demo` (a small study: PFL vs focal x 3 seeds -> runs/demo/study.html)
+# and `make test`.
 # Each creates .venv on first use and installs umop with its dev extras, pinned by constraints.txt.
 PYTHON ?= python3
 VENV := .venv

@@ -40,11 +40,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--size", type=int, default=640, help="image side (640: the figures above; smaller: a dry run)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    logits, targets, weight, avg_factor, num_anchors_per_level = retinanet_sized_inputs(device)
+    logits, targets, weight, avg_factor, num_anchors_per_level = retinanet_sized_inputs(device, size=args.size)
     print(f"device={device} threads={torch.get_num_threads()} torch={torch.__version__} "
           f"torchvision={torchvision.__version__} logits={tuple(logits.shape)} ({logits.numel() / 1e6:.1f} M)")
 

@@ -41,12 +41,18 @@ def test_train_eval_predict_end_to_end(tmp_path, tiny_data, capsys):
     eval_out = tmp_path / "eval.json"
     results_out = tmp_path / "results.json"
     assert main(["eval", "demo_synthetic", str(checkpoint), "--set", *TINY, *data,
-                 "--out", str(eval_out), "--results", str(results_out)]) == 0
+                 "--out", str(eval_out), "--results", str(results_out), "--levels",
+                 "--plots", str(tmp_path / "plots")]) == 0
     metrics = json.loads(eval_out.read_text())
     assert metrics["AP"] == pytest.approx(evaluations[-1]["AP"])  # same weights, same data, same number
+    assert metrics["oLRP"] == pytest.approx(evaluations[-1]["oLRP"]) and 0 <= metrics["oLRP"] <= 1
+    assert set(metrics["per_class_lrp"]) == set(metrics["per_class"])
     assert metrics["num_images"] == 4
     printed = capsys.readouterr().out
-    assert "AP50" in printed and "class" in printed
+    assert "AP50" in printed and "class" in printed and "moLRP" in printed
+    assert ("found small" in printed) == ("levels" in metrics)  # the detector reports levels (issue 9) or not
+    for name in ("pr_curves", "f1_confidence", "confusion_matrix"):
+        assert (tmp_path / "plots" / f"{name}.png").is_file() and (tmp_path / "plots" / f"{name}.csv").is_file()
     val_ids = {image["id"] for image in json.loads(val_ann.read_text())["images"]}
     assert all(r["image_id"] in val_ids for r in json.loads(results_out.read_text()))
 
@@ -61,6 +67,11 @@ def test_train_eval_predict_end_to_end(tmp_path, tiny_data, capsys):
     results = json.loads((out / "results.json").read_text())
     assert results and {"image_id", "category_id", "bbox", "score"} <= set(results[0])
     assert {r["image_id"] for r in results} <= {1, 2}
+
+    # per-class LRP-optimal thresholds, read from the run's eval.json (no CHECKPOINT.eval.json here)
+    assert main(["predict", "demo_synthetic", str(checkpoint), *map(str, images), "--out", str(tmp_path / "lrp"),
+                 "--score-thresh", "lrp", "--set", *TINY, *data]) == 0
+    assert "LRP-optimal threshold of each class from" in capsys.readouterr().out
 
 
 def test_resume_auto_continues_and_unknown_key_fails(tmp_path, tiny_data, capsys):
@@ -83,13 +94,16 @@ def test_bad_inputs_give_clear_errors(tmp_path, capsys):
     assert "did you mean atss_pfl" in capsys.readouterr().err.lower()
     assert main(["eval", "demo_synthetic", str(tmp_path / "missing.pt")]) == 2
     assert "missing.pt" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["predict", "demo_synthetic", "x.pt", "a.png", "--out", str(tmp_path), "--score-thresh", "best"])
+    assert "must be a number or 'lrp'" in capsys.readouterr().err
 
 
 def test_subcommands_are_registered(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     help_text = capsys.readouterr().out
-    for command in ("train", "eval", "predict", "demo", "data", "analyze"):
+    for command in ("train", "eval", "predict", "demo", "data", "analyze", "study"):
         assert command in help_text
 
 

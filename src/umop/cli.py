@@ -9,7 +9,8 @@ Examples::
     umop eval runs/atss_pfl/checkpoints/best.pt            # the config stored in the checkpoint; no download
     umop predict runs/atss_pfl/checkpoints/last.pt img1.jpg img2.jpg --out predictions/
     umop config show atss_pfl                              # every key, its value and meaning
-    umop demo                                              # synthetic data, ATSS with PFL vs focal loss
+    umop demo                                              # synthetic data, ATSS with PFL vs focal loss, 3 seeds
+    umop study atss_focal --vary cls_loss=focal,pfl --seeds 0,1,2 --out runs/study   # see `umop study -h`
     umop data convert --from voc ROOT --out train.json     # see `umop data -h`, `umop analyze -h`
 """
 
@@ -51,12 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"umop {version}")
     subparsers = parser.add_subparsers(dest="command",
-                                       metavar="{train,eval,predict,demo,config,data,analyze}")
+                                       metavar="{train,eval,predict,demo,config,data,analyze,study}")
     from .engine.cli import register as register_engine
 
     register_engine(subparsers)
     _register_optional(subparsers, "umop.data.cli", "data")
     _register_optional(subparsers, "umop.analysis.cli", "analyze")
+    _register_optional(subparsers, "umop.study.cli", "study")
     return parser
 
 

@@ -55,6 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     report.add_argument("--levels", type=Path, help="output folder of `umop analyze levels`")
     report.add_argument("--dataset", type=Path, help="output folder of `umop analyze dataset`")
     report.add_argument("--run", type=Path, metavar="RUN_DIR", help="training run folder holding log.jsonl")
+    report.add_argument("--eval", type=Path, metavar="DIR", dest="eval_dir",
+                        help="folder written by `umop eval --plots DIR` (curves, confusion matrix, LRP, levels)")
     report.add_argument("--out", type=Path, required=True, help="output .html (PNGs and CSVs written beside it)")
     report.add_argument("--title", default="umop imbalance report", help="page title")
     report.set_defaults(func=_guard(_report))
@@ -158,6 +160,6 @@ def _report(args: argparse.Namespace) -> int:
     from umop.analysis.report import write_report
 
     path = write_report(args.out, levels_dir=args.levels, dataset_dir=args.dataset, run_dir=args.run,
-                        title=args.title)
+                        eval_dir=args.eval_dir, title=args.title)
     print(f"wrote {path}")
     return 0

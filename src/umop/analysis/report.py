@@ -47,6 +47,19 @@ CAPTIONS: dict[str, str] = {
         "Objective imbalance (survey Fig. 14). Classification vs regression losses and the L2 norm of their "
         "gradients at the shared FPN features. Look for: one objective's gradient dominating the other by "
         "an order of magnitude (ratio far from 1), which loss-weighting methods correct."),
+    "pr_curves.png": (
+        "Precision-recall per class at IoU 0.5 (COCO's interpolated precision at 101 recall points, computed by "
+        "faster-coco-eval); the black curve is the mean over classes, whose area is AP50. Look for: classes whose "
+        "curve ends at low recall (missed objects) or drops early (confident false positives)."),
+    "f1_confidence.png": (
+        "F1 against the score threshold per class (IoU 0.5); black: mean over classes, with its best threshold. "
+        "Look for: classes whose best threshold differs from the others; the LRP table gives each class' "
+        "LRP-optimal threshold (used by `umop predict --score-thresh lrp`)."),
+    "confusion_matrix.png": (
+        "Confusion matrix with background at IoU 0.5 (faster-coco-eval, class-agnostic COCO matching of the "
+        "detections above the score threshold in the title). Rows: true class; columns: predicted class. Last row: "
+        "detections matching no object (false positives); last column: objects no detection matched (misses). "
+        "Look for: off-diagonal cells (confused classes) and which of the background row or column dominates."),
 }
 # The objective-imbalance figure of a run whose log holds no gradient norms shows the losses only.
 OBJECTIVE_LOSSES_ONLY_CAPTION = (
@@ -126,11 +139,79 @@ def run_section(run_dir: Path, out_dir: Path) -> Section:
     return Section(f"Training run {run_dir.name}", [path for path in written if path.suffix == ".png"], captions=captions)
 
 
+def _number(value: float, digits: int = 3) -> str:
+    return f"{value:.{digits}f}" if value is not None and value >= 0 else "-"
+
+
+def _lrp_table(metrics: dict) -> str:
+    rows = "".join(
+        f"<tr><td>{html.escape(name)}</td>"
+        + "".join(f"<td>{_number(values[key])}</td>" for key in ("oLRP", "loc", "FP", "FN", "threshold")) + "</tr>"
+        for name, values in metrics.get("per_class_lrp", {}).items())
+    mean = "".join(f"<td><b>{_number(metrics[key])}</b></td>" for key in ("oLRP", "oLRP_loc", "oLRP_FP", "oLRP_FN"))
+    ap = "".join(f"{key} {_number(metrics[key])} " for key in ("AP", "AP50", "AP75") if key in metrics)
+    return ("<table><tr><th>class</th><th>oLRP</th><th>loc</th><th>FP</th><th>FN</th><th>LRP-optimal threshold"
+            f"</th></tr>{rows}<tr><td><b>mean (moLRP)</b></td>{mean}<td></td></tr></table>"
+            "<p class=note>Optimal LRP error (Oksuz et al., TPAMI 2021), IoU 0.5, lower is better: oLRP is the "
+            "lowest LRP over score thresholds, split into localisation (mean 1 - IoU of the true positives), "
+            "false-positive and false-negative rates at that threshold. A class with ground truth but no true "
+            f"positive has oLRP 1; '-' = undefined. COCO: {ap}</p>")
+
+
+def _per_level_table(metrics: dict) -> str:
+    table = metrics.get("levels")
+    if not table:
+        return ("<p class=note>No per-level table: the evaluated detections carry no pyramid level.</p>")
+    sizes = list(table["recall_by_size"])
+    head = "".join(f"<th>found {html.escape(size)}</th>" for size in sizes)
+    rows = []
+    for level, values in table["per_level"].items():
+        shares = "".join(f"<td>{_number(table['recall_by_size'][s]['found_by'][level])}</td>" for s in sizes)
+        rows.append(f"<tr><td>{html.escape(level)}</td><td>{values['num_tp']}</td>"
+                    f"<td>{_number(values['mean_iou'])}</td><td>{values['num_fp']}</td>{shares}</tr>")
+    recall = "".join(f"<td><b>{_number(table['recall_by_size'][s]['recall'])}</b></td>" for s in sizes)
+    counts = "".join(f"<td>{table['recall_by_size'][s]['num_gt']}</td>" for s in sizes)
+    return (f"<table><tr><th>level</th><th>TP</th><th>mean IoU of TP</th><th>FP</th>{head}</tr>{''.join(rows)}"
+            f"<tr><td><b>recall</b></td><td></td><td></td><td></td>{recall}</tr>"
+            f"<tr><td>objects</td><td></td><td></td><td></td>{counts}</tr></table>"
+            "<p class=note>Which pyramid level produced the detections (COCO matching at IoU 0.5, 100 detections "
+            "per image and class). Per level: true positives, their mean IoU, false positives; 'found SIZE': the "
+            "share of the objects of that size (by box area: small &lt; 32², medium &lt; 96², large) that the "
+            "level's detections found, summing to the recall of that size. Look for: where a remedy such as PFL "
+            "moves the true positives, and the levels that produce mostly false positives.</p>")
+
+
+def eval_section(eval_dir: Path, out_dir: Path) -> Section:
+    """The evaluation written by ``umop eval --plots DIR``: curves, confusion matrix, LRP and per-level tables."""
+    import json
+
+    if not eval_dir.is_dir():
+        raise ValueError(f"evaluation directory {eval_dir} does not exist (--eval)")
+    metrics_path = eval_dir / "metrics.json"
+    if not metrics_path.is_file():
+        raise ValueError(f"{metrics_path} is missing (--eval: give the folder of `umop eval --plots DIR`)")
+    try:
+        metrics = json.loads(metrics_path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{metrics_path} is not valid JSON: {error}") from error
+    figures = [_copy(eval_dir / f"{name}.png", out_dir) for name in ("pr_curves", "f1_confidence",
+                                                                     "confusion_matrix")
+               if (eval_dir / f"{name}.png").is_file()]
+    for name in ("pr_curves.csv", "f1_confidence.csv", "confusion_matrix.csv", "lrp.csv", "levels.csv"):
+        if (eval_dir / name).is_file():
+            _copy(eval_dir / name, out_dir)
+    tables = ("<h3>Optimal LRP per class</h3>" + (_lrp_table(metrics) if "oLRP" in metrics else
+                                                  "<p class=note>No LRP in these metrics.</p>")
+              + "<h3>Detections per pyramid level</h3>" + _per_level_table(metrics))
+    return Section("Evaluation (COCO matching at IoU 0.5)", figures, tables)
+
+
 def write_report(out: str | Path, *, levels_dir: str | Path | None = None, dataset_dir: str | Path | None = None,
-                 run_dir: str | Path | None = None, title: str = "umop imbalance report") -> Path:
+                 run_dir: str | Path | None = None, eval_dir: str | Path | None = None,
+                 title: str = "umop imbalance report") -> Path:
     """Write the HTML page ``out`` (PNGs and CSVs beside it) and return its path."""
-    if levels_dir is None and dataset_dir is None and run_dir is None:
-        raise ValueError("nothing to report: give at least one of --levels, --dataset, --run")
+    if levels_dir is None and dataset_dir is None and run_dir is None and eval_dir is None:
+        raise ValueError("nothing to report: give at least one of --levels, --dataset, --run, --eval")
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm"):
         raise ValueError(f"--out {out} must be an .html file")
@@ -142,6 +223,8 @@ def write_report(out: str | Path, *, levels_dir: str | Path | None = None, datas
         sections.append(dataset_section(Path(dataset_dir), out.parent))
     if run_dir is not None:
         sections.append(run_section(Path(run_dir), out.parent))
+    if eval_dir is not None:
+        sections.append(eval_section(Path(eval_dir), out.parent))
     body = "".join(f"<section><h2>{html.escape(section.title)}</h2>{section.table_html}"
                    f"{''.join(_figure_html(path, section.captions) for path in section.figures)}</section>" for section in sections)
     out.write_text(

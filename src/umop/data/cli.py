@@ -6,6 +6,7 @@ Examples::
     umop data convert --from yolo ../shared/data/coco128 --out coco128.json
     umop data check bccd_train.json --images ../shared/data/bccd/BCCD/JPEGImages
     umop data synth runs/shapes --num-images 200 --class-imbalance 10
+    umop data split coco128.json --val 32 --by name      # -> coco128_train.json (96), coco128_val.json (32)
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``data`` command (with ``convert``, ``check``, ``synth``) to an argparse subparsers object."""
     data = subparsers.add_parser("data", help="convert, check and generate datasets", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = data.add_subparsers(dest="data_command", metavar="{convert,check,synth}")
+    commands = data.add_subparsers(dest="data_command", metavar="{convert,check,synth,split}")
     data.set_defaults(func=lambda args: _usage(data))
 
     convert = commands.add_parser("convert", help="Pascal VOC xml or YOLO txt -> COCO json")
@@ -63,7 +64,34 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     synth.add_argument("--max-object-size-fraction", type=float, default=0.8)
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(func=_synth)
+
+    split = commands.add_parser("split", help="a fixed train/val split of a COCO json (sorted by file name)")
+    split.add_argument("ann_file", type=Path, help="COCO json")
+    split.add_argument("--val", type=int, required=True, help="number of validation images (the last by name)")
+    split.add_argument("--by", default="name", choices=("name",), help="order of the images (file_name)")
+    split.add_argument("--out-train", type=Path, help="default: ANN_train.json beside the input")
+    split.add_argument("--out-val", type=Path, help="default: ANN_val.json beside the input")
+    split.set_defaults(func=_split)
     return data
+
+
+def _split(args: argparse.Namespace) -> int:
+    import json
+
+    from umop.data.convert import save_coco_json
+    from umop.data.split import split_coco
+
+    try:
+        coco = json.loads(args.ann_file.read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot read the COCO json {args.ann_file}: {error}") from error
+    train, val = split_coco(coco, args.val, by=args.by)
+    stem = args.ann_file.with_suffix("")
+    for part, path in ((train, args.out_train or Path(f"{stem}_train.json")),
+                       (val, args.out_val or Path(f"{stem}_val.json"))):
+        save_coco_json(part, path)
+        print(f"{path}: {len(part['images'])} images, {len(part['annotations'])} boxes")
+    return 0
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:

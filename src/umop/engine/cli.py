@@ -48,6 +48,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_overrides(evaluate)
     evaluate.add_argument("--out", help="metrics json (default: CHECKPOINT with suffix .eval.json)")
     evaluate.add_argument("--results", help="also write the detections as a COCO results json here")
+    evaluate.add_argument("--levels", action="store_true",
+                          help="print the per-level table: TP, mean IoU, FP per pyramid level and which level found "
+                               "the objects of each size (stored in the metrics json whenever the detector reports "
+                               "levels)")
+    evaluate.add_argument("--plots", metavar="DIR",
+                          help="write PR and F1-confidence curves, confusion matrix, LRP and level tables (PNG + CSV) "
+                               "here")
+    evaluate.add_argument("--confusion-score", type=float, default=0.3,
+                          help="lowest score counted in the confusion matrix (0.3)")
     evaluate.set_defaults(func=_cmd_eval)
 
     predict = subparsers.add_parser(
@@ -58,10 +67,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="optional config, the checkpoint, then image files or folders")
     _add_overrides(predict)
     predict.add_argument("--out", required=True, help="output folder")
-    predict.add_argument("--score-thresh", type=float, default=0.3, help="lowest score drawn and written (0.3)")
+    predict.add_argument("--score-thresh", type=_score_thresh_argument, default=0.3, metavar="S|lrp",
+                         help="lowest score drawn and written (0.3), or 'lrp': each class' LRP-optimal threshold "
+                              "from the checkpoint's evaluation (CHECKPOINT.eval.json of `umop eval`, else "
+                              "RUN_DIR/eval.json); classes without one use 0.3")
+    predict.add_argument("--eval-json", help="with --score-thresh lrp: read the thresholds from this metrics json")
     predict.set_defaults(func=_cmd_predict)
 
-    demo = subparsers.add_parser("demo", help="synthetic data: train ATSS with PFL and with focal loss, compare")
+    demo = subparsers.add_parser("demo", help="synthetic data: ATSS with PFL vs focal loss over 3 seeds (a small study)")
     demo.add_argument("--out", default="runs/demo", help="output folder (runs/demo)")
     demo.add_argument("--quick", action="store_true", help="a much shorter run (smoke test, AP not meaningful)")
     demo.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
@@ -172,7 +185,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from ..evaluation import detections_to_coco_results
     from .builders import build_dataset, build_eval_loader
     from .distributed import cleanup_distributed, is_main_process
-    from .inference import evaluate_model, run_inference
+    from ..evaluation.outputs import format_level_table, format_lrp, write_eval_outputs
+    from .inference import evaluate_model
     from .trainer import format_metrics
 
     config_arg, checkpoint_path = split_config_and_checkpoint(args.paths)
@@ -185,8 +199,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         loader = build_eval_loader(dataset, config)
         with warnings.catch_warnings():  # the unreadable images are listed below, one line each
             warnings.filterwarnings("ignore", message="evaluation: ", category=RuntimeWarning)
+            evaluated: dict = {}
             metrics = evaluate_model(model, loader, device, len(info["class_names"]), dataset.class_names,
-                                     progress=is_main_process())
+                                     progress=is_main_process(), collect=evaluated)
         if is_main_process():
             out = Path(args.out) if args.out else Path(checkpoint_path).with_suffix(".eval.json")
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -195,13 +210,21 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                       **metrics}
             out.write_text(json.dumps(record, indent=1))
             print(format_metrics(metrics))
+            print(format_lrp(metrics))
+            if args.levels:
+                print(format_level_table(metrics))
             for failure in metrics["failed_images"]:
                 print(f"not evaluated (unreadable): image id={failure['image_id']} ({failure['file_name']}): "
                       f"{failure['load_error']}", file=sys.stderr)
             failed = f", {metrics['num_failed_images']} unreadable (skipped)" if metrics["num_failed_images"] else ""
             print(f"{metrics['num_images']} images evaluated{failed}; metrics written to {out}")
-            if args.results:
-                detections, _ = run_inference(model, loader, device)
+            if args.plots:
+                write_eval_outputs(evaluated["detections"], evaluated["targets"], metrics, args.plots,
+                                   num_classes=len(info["class_names"]), class_names=dataset.class_names,
+                                   score_thresh=args.confusion_score)
+                print(f"PR / F1 curves, confusion matrix, LRP and level tables (PNG + CSV): {args.plots}")
+            if args.results:  # the evaluated detections: no second inference pass
+                detections = evaluated["detections"]
                 results = detections_to_coco_results(detections, [d["image_id"] for d in detections],
                                                      dataset.label_to_category_id)
                 Path(args.results).write_text(json.dumps(results))
@@ -227,17 +250,45 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if not images:
         raise ConfigError(f"no images found in {' '.join(items)}")
     min_size, max_size = eval_sizes(config)
+    score_thresh, thresh_note = _predict_score_thresh(args.score_thresh, checkpoint_path, info["class_names"],
+                                                      args.eval_json)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="predict: skipped", category=RuntimeWarning)
         out = predict_images(model, images, args.out, class_names=info["class_names"],
                              label_to_category_id=info["label_to_category_id"], min_size=min_size,
-                             max_size=max_size, score_thresh=args.score_thresh, device=device)
+                             max_size=max_size, score_thresh=score_thresh, device=device)
     for skipped in out["skipped"]:
         print(f"umop predict: skipped {skipped['file']}: {skipped['error']}", file=sys.stderr)
     skipped_note = f"; {len(out['skipped'])} unreadable input(s) skipped" if out["skipped"] else ""
-    print(f"{len(out['images'])} pictures and {out['num_detections']} detections (score >= {args.score_thresh}) "
+    print(f"{len(out['images'])} pictures and {out['num_detections']} detections (score >= {thresh_note}) "
           f"written to {args.out} (COCO results: {out['results']}){skipped_note}")
     return 0
+
+
+def _score_thresh_argument(text: str) -> float | str:
+    """``--score-thresh``: a number in [0, 1] or ``lrp``."""
+    if text.lower() == "lrp":
+        return "lrp"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number or 'lrp', got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
+    return value
+
+
+def _predict_score_thresh(score_thresh: float | str, checkpoint_path: str, class_names: list[str],
+                          eval_json: str | None) -> tuple[float | list[float], str]:
+    """``--score-thresh``: a number, or ``lrp`` = the per-class LRP-optimal thresholds of the checkpoint's
+    evaluation (:func:`umop.evaluation.outputs.find_lrp_thresholds`). Returns the value(s) and a description."""
+    if score_thresh != "lrp":
+        return float(score_thresh), f"{float(score_thresh):g}"
+    from ..evaluation.outputs import find_lrp_thresholds
+
+    thresholds, source = find_lrp_thresholds(checkpoint_path, class_names, default=0.3, eval_json=eval_json)
+    listed = ", ".join(f"{name} {value:.3f}" for name, value in zip(class_names, thresholds))
+    return thresholds, f"the LRP-optimal threshold of each class from {source}: {listed}"
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -157,7 +157,8 @@ class SolverConfig:
     steps: list = _opt([8, 11], "epochs after which the learning rate is multiplied by gamma")
     gamma: float = _opt(0.1, "learning-rate decay factor at each step")
     grad_clip: float = _opt(0.0, "max gradient L2 norm (0 = no clipping)")
-    amp: bool = _opt(True, "mixed precision (float16 autocast), used on CUDA only")
+    amp: bool = _opt(False, "autocast: bf16 on a CPU with native bf16 (AVX512-BF16/AMX), bf16/fp16 on CUDA")
+    amp_dtype: str = _opt("auto", "auto | bf16 | fp16 (fp16 uses a GradScaler; a CPU runs bf16 only)")
     max_iters_per_epoch: int = _opt(0, "cap on the iterations of an epoch (0 = the whole dataset; quick runs)")
     max_nonfinite: int = _opt(20, "consecutive non-finite losses tolerated before training stops")
     max_train_seconds: float = _opt(0.0, ">0: stop (checkpoint + evaluate) once training has run this long")
@@ -396,6 +397,7 @@ def validate_config(config: Config) -> None:
         (0 < config.solver.warmup_ratio <= 1, "solver.warmup_ratio", "must be in (0, 1]"),
         (config.solver.lr >= 0, "solver.lr", "must be >= 0 (0 = linear scaling of base_lr)"),
         (config.solver.max_nonfinite >= 1, "solver.max_nonfinite", "must be >= 1"),
+        (config.solver.amp_dtype in ("auto", "bf16", "fp16"), "solver.amp_dtype", "must be 'auto', 'bf16' or 'fp16'"),
         (config.log.every >= 1, "log.every", "must be >= 1"),
         (config.log.objective_every >= 0, "log.objective_every", "must be >= 0"),
         (config.checkpoint.keep_last >= 0, "checkpoint.keep_last", "must be >= 0 (0 = keep all)"),

@@ -36,8 +36,8 @@ def run_inference(model: nn.Module, data_loader: Iterable, device: torch.device,
 
     The loader yields ``(images, targets)`` as :func:`umop.data.collate_fn` makes them; each target's
     ``"orig_size"`` (H, W) is the size before the resize transform. Returns two lists in loader order:
-    detections ``{"boxes", "scores", "labels", "image_id"}`` and targets ``{"boxes", "labels", "image_id",
-    "orig_size"}`` (CPU tensors). An image that could not be read (``None``, from a dataset with
+    detections ``{"boxes", "scores", "labels", "image_id"[, "levels"]}`` and targets ``{"boxes", "labels",
+    "image_id", "orig_size"}`` (CPU tensors). An image that could not be read (``None``, from a dataset with
     ``unreadable="skip"``) is left out of both; use :func:`run_inference_with_failures` to get those too.
     """
     detections, targets_out, _ = run_inference_with_failures(model, data_loader, device, progress)
@@ -76,6 +76,8 @@ def run_inference_with_failures(model: nn.Module, data_loader: Iterable, device:
                 "labels": output["labels"].cpu(),
                 "image_id": image_id,
             })
+            if "levels" in output:  # pyramid level of each detection (0 = P3), for the per-level table
+                detections[-1]["levels"] = output["levels"].cpu()
             targets_out.append({
                 "boxes": rescale_boxes(target["boxes"].float().cpu(), size, original),
                 "labels": target["labels"].cpu(),
@@ -86,12 +88,14 @@ def run_inference_with_failures(model: nn.Module, data_loader: Iterable, device:
 
 
 def evaluate_model(model: nn.Module, data_loader: Iterable, device: torch.device, num_classes: int,
-                   class_names: Sequence[str] | None = None, progress: bool = False) -> dict[str, Any]:
+                   class_names: Sequence[str] | None = None, progress: bool = False,
+                   collect: dict | None = None) -> dict[str, Any]:
     """COCO AP of ``model`` on ``data_loader`` (gathered over DDP ranks, padded duplicates removed).
 
     Returns :func:`umop.evaluation.evaluate_detections`'s dict plus ``"num_images"`` (images evaluated,
     each exactly once), ``"num_failed_images"`` and ``"failed_images"`` (``[{"image_id", "file_name",
     "load_error"}]``: images that could not be read, left out of the evaluation with their ground truth).
+    ``collect``, if given, receives ``"detections"`` and ``"targets"``: the evaluated lists (plots, results json).
     """
     detections, targets, failures = run_inference_with_failures(model, data_loader, device, progress=progress)
     gathered_dets: dict[int, dict] = {}
@@ -113,6 +117,9 @@ def evaluate_model(model: nn.Module, data_loader: Iterable, device: torch.device
     metrics = evaluate_detections([gathered_dets[i] for i in image_ids], [gathered_targets[i] for i in image_ids],
                                   num_classes, class_names)
     metrics["num_images"] = len(image_ids)
+    if collect is not None:
+        collect.update(detections=[gathered_dets[i] for i in image_ids],
+                       targets=[gathered_targets[i] for i in image_ids])
     metrics["num_failed_images"] = len(gathered_failures)
     metrics["failed_images"] = [gathered_failures[i] for i in sorted(gathered_failures)]
     if gathered_failures:

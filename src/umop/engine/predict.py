@@ -68,12 +68,21 @@ def load_trained_model(config: Config, checkpoint_path: str | Path | dict[str, A
     return model.to(device).eval(), info
 
 
+def score_thresholds(score_thresh: float | Sequence[float], labels: torch.Tensor) -> torch.Tensor | float:
+    """The threshold of each detection: ``score_thresh`` itself, or ``score_thresh[label]`` when it is a per-class
+    sequence (e.g. the LRP-optimal thresholds, ``umop predict --score-thresh lrp``)."""
+    if isinstance(score_thresh, (int, float)):
+        return float(score_thresh)
+    return torch.as_tensor(list(score_thresh), dtype=torch.float32)[labels.long()]
+
+
 def draw_detections(image: torch.Tensor, detection: dict[str, torch.Tensor], class_names: Sequence[str],
-                    score_thresh: float = 0.3) -> torch.Tensor:
-    """Draw boxes with ``"name score"`` captions on a ``uint8 [3, H, W]`` image; returns a new uint8 image."""
+                    score_thresh: float | Sequence[float] = 0.3) -> torch.Tensor:
+    """Draw boxes with ``"name score"`` captions on a ``uint8 [3, H, W]`` image; returns a new uint8 image.
+    ``score_thresh``: one threshold, or one per class (indexed by label)."""
     from torchvision.utils import draw_bounding_boxes
 
-    keep = detection["scores"] >= score_thresh
+    keep = detection["scores"] >= score_thresholds(score_thresh, detection["labels"])
     boxes = detection["boxes"][keep].float()
     labels = detection["labels"][keep].tolist()
     scores = detection["scores"][keep].tolist()
@@ -89,15 +98,16 @@ def draw_detections(image: torch.Tensor, detection: dict[str, torch.Tensor], cla
 @torch.no_grad()
 def predict_images(model: nn.Module, image_paths: Sequence[str | Path], out_dir: str | Path, *,
                    class_names: Sequence[str], label_to_category_id: Sequence[int] | None = None,
-                   min_size: int = 800, max_size: int = 1333, score_thresh: float = 0.3,
+                   min_size: int = 800, max_size: int = 1333, score_thresh: float | Sequence[float] = 0.3,
                    device: torch.device | str = "cpu", min_display_size: int = 384) -> dict[str, Any]:
     """Detect objects in image files; write one PNG per image with the boxes drawn, and a results json.
 
     Images are resized like the evaluation data (shorter side ``min_size``, longer ``<= max_size``); boxes
     are mapped back to the original pixels. ``OUT_DIR/results.json`` is a COCO results list (image ids are
     1..N in the given order; ``OUT_DIR/images.json`` maps them to the files). Detections below
-    ``score_thresh`` are neither drawn nor written. Pictures whose shorter side is below ``min_display_size``
-    are enlarged by an integer factor (:func:`display_scale`) so that captions stay readable.
+    ``score_thresh`` (one value, or one per class) are neither drawn nor written. Pictures whose shorter side
+    is below ``min_display_size`` are enlarged by an integer factor (:func:`display_scale`) so that captions
+    stay readable.
 
     An input that cannot be read as an image (missing, corrupt, not an image: a json, ...) is skipped with a
     warning and listed under ``"skipped"``; the others are processed. Raises ``ValueError`` when none can be
@@ -142,6 +152,8 @@ def predict_images(model: nn.Module, image_paths: Sequence[str | Path], out_dir:
             "scores": output["scores"].float().cpu(),
             "labels": output["labels"].cpu(),
         }
+        if "levels" in output:  # the results json keeps each detection's pyramid level ("level")
+            detection["levels"] = output["levels"].cpu()
         detections.append(detection)
         image_records.append({"id": index + 1, "file_name": str(path), "width": int(width), "height": int(height)})
         name = path.stem

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from .amp import resolve_amp
 from .builders import (EpochSeededDataset, build_dataset, build_eval_loader, build_model, build_train_loader,
                        prepare_synthetic_data)
 from .checkpoint import (get_rng_states, load_checkpoint, load_model_state, save_checkpoint, seed_everything,
@@ -33,6 +34,7 @@ from .hooks import LogHook, log_hooks_for, registered_log_hooks
 from .distributed import all_reduce_sum, barrier, get_world_size, init_distributed, is_distributed, is_main_process
 from .inference import evaluate_model
 from .logger import RunLogger, level_statistics, truncate_log
+from .meters import IterationTimer, format_eta, memory_mb
 from .schedule import WarmupStepLR, build_optimizer
 
 __all__ = ["Trainer", "NonFiniteLossError", "RunExistsError", "TrainingInterrupted", "format_metrics"]
@@ -157,8 +159,11 @@ class Trainer:
         self.scheduler = WarmupStepLR(self.optimizer, [s * self.iters_per_epoch for s in solver.steps],
                                       gamma=solver.gamma, warmup_iters=solver.warmup_iters,
                                       warmup_ratio=solver.warmup_ratio)
-        self.use_amp = solver.amp and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.amp = resolve_amp(solver.amp, solver.amp_dtype, self.device, warn=self.is_main)
+        self.use_amp = self.amp.enabled
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp.use_scaler)  # fp16 only
+        self.timer = IterationTimer()
+        self._bar_meters: dict[str, str] = {}
 
         self.epoch = 0  # completed epochs
         self.epoch_step = 0  # completed iterations of epoch ``self.epoch`` (a mid-epoch checkpoint)
@@ -349,6 +354,9 @@ class Trainer:
             "nonfinite_skipped": self.nonfinite_total,
             "stopped_early": self.stopped_early,
             "train_seconds": round(time.perf_counter() - start, 1),
+            "iterations_per_second": (round(self.timer.iterations_per_second, 4)  # training iterations only
+                                      if self.timer.total_iterations else None),
+            "amp": self.amp.name,
             "eval": self.last_metrics,
         }
         if self.is_main:
@@ -468,26 +476,33 @@ class Trainer:
         progress = tqdm(total=self.iters_per_epoch, initial=first_step,
                         desc=f"epoch {epoch + 1}/{config.solver.epochs}",
                         disable=not (self.is_main and config.log.progress_bar), dynamic_ncols=True, leave=True)
-        started, done = time.perf_counter(), 0
+        self.timer.restart()
         every_iters = config.checkpoint.every_iters
         objective_every = config.log.objective_every
         try:
             for step, (images, targets) in enumerate(self.train_loader, start=first_step):
                 if step >= self.iters_per_epoch:
                     break
+                self.timer.data_ready()
                 images = [image.to(self.device, non_blocking=True) for image in images]
                 targets = _to_device(targets, self.device)
                 record = self.train_step(images, targets)
                 self.iteration += 1
                 self.epoch_step = step + 1
-                done += 1
+                self.timer.step_done()
+                eta = self.timer.eta(total_iters - self.iteration)
+                if self._deadline != float("inf"):  # solver.max_train_seconds stops the run earlier
+                    eta = min(eta, max(0.0, self._deadline - time.perf_counter()))
                 if (self.iteration % config.log.every == 0 or step == first_step
                         or objective_every > 0 and self.iteration % objective_every == 0):
+                    meters = {**self.timer.window(), "eta": round(eta, 1),
+                              "memory": round(memory_mb(self.device), 1)}
+                    self._bar_meters = {"time": f"{meters['time']:.3f}", "data": f"{meters['data_time']:.3f}",
+                                        "mem": f"{meters['memory']:.0f}M"}
+                    record.update(meters)
                     self._log(epoch, record, images, targets)
-                seconds_per_iter = (time.perf_counter() - started) / done
-                eta = seconds_per_iter * (total_iters - self.iteration)
-                progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
-                                     eta=time.strftime("%H:%M:%S", time.gmtime(eta)), refresh=False)
+                progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", **self._bar_meters,
+                                     eta=format_eta(eta), refresh=False)
                 progress.update()
                 last_step = self.epoch_step == self.iters_per_epoch
                 if self._should_stop():
@@ -503,6 +518,7 @@ class Trainer:
                     break
                 if every_iters > 0 and self.iteration % every_iters == 0 and not last_step:
                     self.save(epoch_file=False)
+                    self.timer.restart()  # checkpoint time is not iteration time
         finally:
             self.train_sampler.set_start(0)
             progress.close()
@@ -518,7 +534,7 @@ class Trainer:
         """Forward, backward and (unless the loss is not finite) an optimiser step; returns the log record."""
         solver = self.config.solver
         lr = self.optimizer.param_groups[0]["lr"]
-        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
+        with self.amp.autocast():
             outputs = self.ddp_model(images, targets)
         stats = outputs.get("stats", {})
         losses = {k: v for k, v in outputs.items() if k.startswith("loss_")}
@@ -533,7 +549,8 @@ class Trainer:
         if solver.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), solver.grad_clip)
-            finite = finite * torch.isfinite(grad_norm).float()
+            if not self.amp.use_scaler:  # fp16: the GradScaler skips an overflowing step and lowers its scale
+                finite = finite * torch.isfinite(grad_norm).float()
         all_finite = bool(all_reduce_sum(finite.reshape(1)).item() == get_world_size())
         loss_value = float(loss.detach())
         if all_finite:
@@ -542,7 +559,7 @@ class Trainer:
             self.nonfinite_consecutive = 0
         else:
             self.optimizer.zero_grad(set_to_none=True)
-            if self.use_amp:
+            if self.amp.use_scaler:
                 self.scaler.update()
             self.nonfinite_total += 1
             self.nonfinite_consecutive += 1

@@ -1,4 +1,5 @@
-"""COCO-style box evaluation with ``faster-coco-eval`` (pycocotools-compatible, C++ accelerated).
+"""COCO-style box evaluation with ``faster-coco-eval`` (pycocotools-compatible, C++ accelerated), plus the
+optimal LRP of Oksuz et al. 2021 and the per-pyramid-level table, both from COCO's own matches.
 
 Detections and ground truth are plain lists of dicts with absolute ``xyxy`` boxes, one dict per image,
 as produced by ``model.eval(); model(images)`` and by :class:`umop.data.CocoDetection`. Everything is
@@ -18,7 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["evaluate_detections", "detections_to_coco_results", "targets_to_coco_dict", "METRIC_NAMES"]
+__all__ = ["evaluate_detections", "evaluate_coco", "detections_to_coco_results", "targets_to_coco_dict",
+           "lrp_thresholds", "METRIC_NAMES"]
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -111,19 +113,21 @@ def detections_to_coco_results(
     detections: Sequence[Mapping[str, Any]],
     image_ids: Sequence[int] | None = None,
     label_to_category_id: Mapping[int, int] | Sequence[int] | None = None,
-    score_thresh: float = 0.0,
+    score_thresh: float | Sequence[float] = 0.0,
 ) -> list[dict]:
     """Convert per-image detections to a COCO results list (``loadRes`` / results-json format).
 
     Args:
         detections: one dict per image with ``"boxes"`` (K, 4) absolute xyxy, ``"scores"`` (K,),
-            ``"labels"`` (K,) contiguous labels.
+            ``"labels"`` (K,) contiguous labels, optional ``"levels"`` (K,) pyramid level (0 = P3).
         image_ids: COCO image id of each entry of ``detections`` (default: the list position).
         label_to_category_id: maps a contiguous label to a COCO category id (default ``label + 1``).
-        score_thresh: drop detections with a lower score.
+        score_thresh: drop detections with a lower score; one value, or one per class (by contiguous label,
+            e.g. the LRP-optimal thresholds of :func:`lrp_thresholds`).
 
     Returns:
-        ``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}, ...]``
+        ``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"[, "level"]}, ...]`` (``"level"`` where the
+        detections carry ``"levels"``).
     """
     if image_ids is not None and len(image_ids) != len(detections):
         raise ValueError(f"image_ids has {len(image_ids)} entries but there are {len(detections)} detections")
@@ -135,18 +139,37 @@ def detections_to_coco_results(
         if not (len(boxes) == len(scores) == len(labels)):
             raise ValueError(f"detections of image {index}: {len(boxes)} boxes, {len(scores)} scores, "
                              f"{len(labels)} labels")
+        levels = None
+        if detection.get("levels") is not None:
+            levels = _as_numpy(detection["levels"], "detections['levels']", index).astype(np.int64)
+            if len(levels) != len(scores):
+                raise ValueError(f"detections of image {index}: {len(levels)} levels for {len(scores)} boxes")
         image_id = int(image_ids[index]) if image_ids is not None else index
-        for box, score, label in zip(_xyxy_to_xywh(boxes), scores, labels):
-            if score < score_thresh:
+        thresholds = _per_label_thresholds(score_thresh, labels)
+        for k, (box, score, label) in enumerate(zip(_xyxy_to_xywh(boxes), scores, labels)):
+            if score < thresholds[k]:
                 continue
             category = int(label_to_category_id[int(label)]) if label_to_category_id is not None else int(label) + 1
-            results.append({
+            entry = {
                 "image_id": image_id,
                 "category_id": category,
                 "bbox": [round(float(v), 3) for v in box],
                 "score": round(float(score), 5),
-            })
+            }
+            if levels is not None:
+                entry["level"] = int(levels[k])
+            results.append(entry)
     return results
+
+
+def _per_label_thresholds(score_thresh: float | Sequence[float], labels: np.ndarray) -> np.ndarray:
+    """(K,) the score threshold of each detection: one for all, or one per class (indexed by label)."""
+    if np.ndim(score_thresh) == 0:
+        return np.full(len(labels), float(score_thresh))
+    per_class = np.asarray(score_thresh, dtype=np.float64)
+    if labels.size and labels.max() >= len(per_class):
+        raise ValueError(f"score_thresh has {len(per_class)} per-class values but a label is {int(labels.max())}")
+    return per_class[labels]
 
 
 def _class_names(num_classes: int, class_names: Sequence[str] | None) -> list[str]:
@@ -159,18 +182,42 @@ def _class_names(num_classes: int, class_names: Sequence[str] | None) -> list[st
     return [str(name) for name in class_names]
 
 
-def evaluate_coco(gt: dict, results: list[dict], class_names: Sequence[str] | None = None) -> dict:
-    """Run COCO box evaluation of ``results`` against the ground-truth dict ``gt``.
+def evaluate_coco(gt: dict, results: list[dict], class_names: Sequence[str] | None = None, *,
+                  levels: bool | None = None) -> dict:
+    """Run COCO box evaluation of ``results`` against the ground-truth dict ``gt``, with LRP and levels.
 
-    Returns ``{"AP", "AP50", "AP75", "APs", "APm", "APl", "per_class": {name: AP}}`` (AP in 0..1,
-    ``-1.0`` where there is no ground truth to measure).
+    Args:
+        gt: COCO ground-truth dict (``images``, ``annotations``, ``categories``).
+        results: COCO results list; entries may carry ``"level"`` (pyramid level, 0 = P3).
+        class_names: order and names of the classes in ``per_class`` / ``per_class_lrp``.
+        levels: add the per-level table (:func:`umop.evaluation.level_table.level_table`); ``None``: when
+            every result carries ``"level"``.
+
+    Returns:
+        ``{"AP", "AP50", "AP75", "APs", "APm", "APl", "per_class": {name: AP},
+        "oLRP", "oLRP_loc", "oLRP_FP", "oLRP_FN",
+        "per_class_lrp": {name: {"oLRP", "loc", "FP", "FN", "threshold"}}[, "levels": {...}]}``.
+        AP in 0..1, ``-1.0`` where there is no ground truth to measure. ``oLRP`` is the moLRP (mean over the
+        classes with ground truth) of Oksuz et al. 2021 (:mod:`umop.evaluation.lrp`), its components the means
+        over the classes where they are defined; per class, ``-1.0`` marks an undefined value (no ground
+        truth; and loc, FP, threshold of a class without a true positive).
     """
     from faster_coco_eval import COCO, COCOeval_faster
 
+    from .level_table import level_table
+    from .lrp import LRP_KEYS, mean_over_classes, optimal_lrp
+    from .matches import read_matches, reconstruct_evaluated_ids
+
+    results = [dict(r) for r in results]
+    if levels is None:
+        levels = bool(results) and all("level" in r for r in results)
+    elif levels and not all("level" in r for r in results):
+        missing = next(i for i, r in enumerate(results) if "level" not in r)
+        raise ValueError(f"levels=True but result {missing} has no 'level'")
     quiet = lambda *args, **kwargs: None  # noqa: E731
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO(gt, print_function=quiet)
-        coco_dt = coco_gt.loadRes([dict(r) for r in results])
+        coco_dt = coco_gt.loadRes(results)
         evaluator = COCOeval_faster(coco_gt, coco_dt, iouType="bbox", print_function=quiet)
         evaluator.evaluate()
         evaluator.accumulate()
@@ -186,10 +233,56 @@ def evaluate_coco(gt: dict, results: list[dict], class_names: Sequence[str] | No
         values = precision[:, :, k, 0, -1]
         values = values[values > -1]
         per_class[names_by_id[category_id]] = float(values.mean()) if values.size else -1.0
+
+    # LRP (Oksuz et al. 2021) from COCO's own matches at IoU 0.5, area "all", 100 detections.
+    matches = read_matches(evaluator)
+    counted = ~matches.ignored
+    lrp_by_name = {}
+    for k, category_id in enumerate(matches.category_ids):
+        rows = counted & (matches.category == k)
+        lrp_by_name[names_by_id[category_id]] = optimal_lrp(matches.score[rows], matches.is_tp[rows],
+                                                            matches.iou[rows], int(matches.num_gt[k]))
+    metrics["oLRP"] = mean_over_classes([v["oLRP"] for v in lrp_by_name.values()])
+    for key in ("loc", "FP", "FN"):
+        metrics[f"oLRP_{key}"] = mean_over_classes([v[key] for v in lrp_by_name.values()])
+    undefined = dict.fromkeys(LRP_KEYS, -1.0)
+    per_class_lrp = {name: {key: (-1.0 if np.isnan(value) else value) for key, value in values.items()}
+                     for name, values in lrp_by_name.items()}
     if class_names is not None:
         per_class = {str(name): per_class.get(str(name), -1.0) for name in class_names}
+        per_class_lrp = {str(name): per_class_lrp.get(str(name), dict(undefined)) for name in class_names}
     metrics["per_class"] = per_class
+    metrics["per_class_lrp"] = per_class_lrp
+
+    if levels:
+        det_ids = np.arange(1, len(results) + 1, dtype=np.int64)  # loadRes numbers the results 1..M
+        levels_by_id = np.array([-1] + [int(r["level"]) for r in results], dtype=np.int64)
+        row_ids = reconstruct_evaluated_ids(
+            matches, det_ids, np.array([r["image_id"] for r in results], dtype=np.int64),
+            np.array([r["category_id"] for r in results], dtype=np.int64),
+            np.array([r["score"] for r in results], dtype=np.float64), int(evaluator.params.maxDets[-1]))
+        annotations = gt["annotations"]
+        metrics["levels"] = level_table(
+            matches, row_ids, levels_by_id, np.array([a["id"] for a in annotations], dtype=np.int64),
+            np.array([a["area"] for a in annotations], dtype=np.float64),
+            np.array([int(a.get("iscrowd", 0)) for a in annotations], dtype=bool))
     return metrics
+
+
+def lrp_thresholds(metrics: Mapping[str, Any], class_names: Sequence[str], default: float = 0.3) -> list[float]:
+    """Per-class LRP-optimal score thresholds (Oksuz et al. 2021) from :func:`evaluate_coco`'s metrics.
+
+    Classes without a threshold (no ground truth, or no true positive in the evaluation) get ``default``.
+    Raises ``ValueError`` if the metrics hold no ``per_class_lrp`` (evaluated before LRP existed).
+    """
+    per_class = metrics.get("per_class_lrp")
+    if not isinstance(per_class, Mapping):
+        raise ValueError("the evaluation holds no 'per_class_lrp' (re-run `umop eval` to compute LRP)")
+    thresholds = []
+    for name in class_names:
+        value = per_class.get(str(name), {}).get("threshold", -1.0)
+        thresholds.append(float(value) if value is not None and value >= 0 else float(default))
+    return thresholds
 
 
 def evaluate_detections(
@@ -201,14 +294,17 @@ def evaluate_detections(
     """COCO box AP of ``detections`` against ``targets``, in memory.
 
     Args:
-        detections: one dict per image: ``"boxes"`` (K, 4) xyxy absolute, ``"scores"`` (K,), ``"labels"`` (K,).
+        detections: one dict per image: ``"boxes"`` (K, 4) xyxy absolute, ``"scores"`` (K,), ``"labels"`` (K,),
+            optional ``"levels"`` (K,) pyramid level of each detection (0 = P3).
         targets: one dict per image (same order): ``"boxes"`` (N, 4) xyxy absolute, ``"labels"`` (N,).
         num_classes: number of classes (labels in ``[0, num_classes)``).
         class_names: optional names used as the keys of ``"per_class"``.
 
     Returns:
-        ``{"AP", "AP50", "AP75", "APs", "APm", "APl", "per_class": {name: AP}}``; AP is in 0..1, and
-        ``-1.0`` where nothing can be measured (no ground truth in that area range / class).
+        :func:`evaluate_coco`'s dict: ``{"AP", "AP50", "AP75", "APs", "APm", "APl", "per_class": {name: AP},
+        "oLRP", "oLRP_loc", "oLRP_FP", "oLRP_FN", "per_class_lrp"[, "levels"]}``; AP is in 0..1, and
+        ``-1.0`` where nothing can be measured (no ground truth in that area range / class). ``"levels"``
+        when every detection carries ``"levels"``.
 
     Example:
         >>> t = [{"boxes": [[0, 0, 10, 10]], "labels": [0]}]

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._precision import upcast_low_precision
 from ._weights import broadcast_weight
 from .base import ClassificationLoss
 from .fused_focal import FocalLossFunction, alpha_factor, focal_loss_terms, targets_are_binary
@@ -67,7 +68,7 @@ def sigmoid_focal_loss(pred: Tensor, target: Tensor, weight: Tensor | None = Non
     check_reduction(reduction)
     if reduction == "sum" and avg_factor is not None:
         raise ValueError('avg_factor can only be used with reduction="mean" or "none", got reduction="sum"')
-    logits, targets = pred, target
+    logits, targets = upcast_low_precision(pred), target  # bf16/fp16 (AMP): float32 loss, grad in pred's dtype
     if logits.shape != targets.shape:
         raise ValueError(f"pred {tuple(logits.shape)} and target {tuple(targets.shape)} must have the same shape")
     alpha, gamma = _as_tensor_or_float(alpha), _as_tensor_or_float(gamma)

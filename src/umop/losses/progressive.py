@@ -44,6 +44,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from ._precision import upcast_low_precision
 from .base import ClassificationLoss, check_classification_inputs
 from ..distributed import all_reduce_sum
 from ..structures.levels import level_index_for, level_matrix_for
@@ -205,6 +206,7 @@ def progressive_focal_loss(logits: Tensor, targets: Tensor, num_priors_per_level
         avg_factor = normalizer
     check_classification_inputs(logits, targets, num_priors_per_level, weight)
     check_pfl_options(gamma, delta, w, estimator, level_reduction)
+    logits = upcast_low_precision(logits)  # bf16/fp16 (AMP): gamma_ad and the loss in float32
     w = BASE_ALPHA * gamma if w is None else float(w)
     level_index = level_index_for(num_priors_per_level, logits.device)
     level_matrix = level_matrix_for(num_priors_per_level, logits.device, logits.dtype)

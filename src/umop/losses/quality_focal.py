@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._precision import upcast_low_precision
 from ._weights import broadcast_weight
 from .base import ClassificationLoss
 from .reduction import weight_reduce_loss
@@ -41,6 +42,7 @@ def quality_focal_loss(pred: Tensor, target: Tensor, weight: Tensor | None = Non
                          f"{tuple(target.shape)}")
     if beta < 0:
         raise ValueError(f"beta must be >= 0, got {beta!r}")
+    pred = upcast_low_precision(pred)  # bf16/fp16 (AMP): float32 loss
     target = target.to(pred.dtype)
     modulating = (pred.sigmoid() - target).abs().pow(beta)
     loss = F.binary_cross_entropy_with_logits(pred, target, reduction="none") * modulating

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._precision import upcast_low_precision
 from ._weights import broadcast_weight
 from .base import ClassificationLoss
 from .reduction import weight_reduce_loss
@@ -65,6 +66,7 @@ def varifocal_loss(
         raise ValueError(f"pred and target must have the same shape, got {tuple(pred.shape)} and "
                          f"{tuple(target.shape)}")
     _check_options(alpha, gamma)
+    pred = upcast_low_precision(pred)  # bf16/fp16 (AMP): float32 loss
     target = target.to(pred.dtype)
     prob = pred.sigmoid()
     positive = target > 0

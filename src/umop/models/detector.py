@@ -45,6 +45,7 @@ from torchvision.ops import batched_nms
 from ..assigners.common import AssignResult, PaddedTargets, pad_targets, validate_targets
 from ..distributed import mean_over_processes
 from ..losses import BOX_LOSSES, CLS_LOSSES, PISA, BoxLoss, ClassificationLoss, sigmoid_focal_loss
+from ..losses._precision import upcast_low_precision
 from ..losses.iou import aligned_box_iou
 from ..losses.kl import variance_voting
 from ..samplers import REWEIGHTINGS, SAMPLERS, IoUBalancedSampler, Sampler
@@ -286,9 +287,11 @@ class OneStageDetector(nn.Module):
         features = self.backbone(batch)
         head_outputs = self.head(features)
         priors, counts = self.priors_for_features(features)
-        if self.training:
-            assign_result = self.assign(priors, counts, gt)
-            return self.compute_losses(head_outputs, priors, assign_result, gt)
+        if self.training:  # under AMP: assignment, losses and level statistics in float32, outside autocast
+            with torch.autocast(batch.device.type, enabled=False):
+                head_outputs = {key: upcast_low_precision(value) for key, value in head_outputs.items()}
+                assign_result = self.assign(priors, counts, gt)
+                return self.compute_losses(head_outputs, priors, assign_result, gt)
         return self.postprocess(head_outputs, priors, counts, image_sizes)
 
     # ------------------------------------------------------------------ losses

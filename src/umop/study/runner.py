@@ -1,0 +1,540 @@
+"""``umop study``: every (variant, seed) cell of a comparison is an ordinary run folder, trained by a
+``umop train ... --resume auto`` subprocess; finished cells are skipped, an interrupted one resumes.
+
+Layout of ``OUT``::
+
+    OUT/study.yaml                 the study's specification (``umop study OUT/study.yaml`` continues it)
+    OUT/<variant>/seed<k>/         a run folder (config.yaml, log.jsonl, eval.json, checkpoints/, summary.json)
+        study_attempts.jsonl       one line per training attempt of the study: seconds, exit code
+        stdout.log, stderr.log     the training subprocess's output (appended per attempt)
+        failed.json                the last attempt failed: exit code and the tail of its stderr
+    OUT/study.json, study.md, study.html, figures/      rewritten after every cell (see report.py)
+
+A cell is finished when its ``summary.json`` holds a complete summary (the trainer writes it last).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+__all__ = ["StudySpec", "Cell", "parse_vary", "parse_seeds", "resolve_key", "load_study_file", "is_study_file",
+           "plan_cells", "check_cells", "cell_state", "run_study", "StudyStopped"]
+
+KEY_ALIASES = {"detector": "model.name"}
+STUDY_FILE_KEYS = ("config", "vary", "seeds", "out", "set", "baseline")
+DEFAULT_CELL_OVERRIDES = ["log.progress_bar=false"]  # tqdm bars would bury the stderr tail of a failed cell
+# config keys that do not change the trained model (ignored when a finished cell's config is compared)
+_IGNORED_KEYS = ("output_dir", "name", "device", "workers", "eval.every", "eval.batch_size")
+_IGNORED_SECTIONS = ("log.", "checkpoint.")
+_STDERR_TAIL_CHARS = 3000
+
+
+class StudyStopped(Exception):
+    """The study was stopped by SIGINT / SIGTERM (the running cell was stopped and can resume)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@dataclass
+class StudySpec:
+    """What to compare: a base config, the varied keys, the seeds, overrides applied to every cell."""
+
+    config: str
+    vary: list[tuple[str, list[str]]]
+    seeds: list[int]
+    out: str
+    overrides: list[str] = field(default_factory=list)
+    baseline: str = ""  # variant name; default: the first variant
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"config": self.config, "vary": {key: list(values) for key, values in self.vary},
+                "seeds": list(self.seeds), "out": self.out, "set": list(self.overrides),
+                "baseline": self.baseline or None}
+
+
+@dataclass
+class Cell:
+    """One (variant, seed) run."""
+
+    variant: str
+    seed: int
+    run_dir: Path
+    overrides: list[str]  # the variant's ``key=value`` items, then ``seed=K``
+
+    @property
+    def name(self) -> str:
+        return f"{self.variant}/seed{self.seed}"
+
+
+# ------------------------------------------------------------------------------------------- parsing
+
+def _split_top_level(text: str) -> list[str]:
+    """Split on commas outside brackets/braces/quotes: ``a,[1,2],b`` -> ``["a", "[1,2]", "b"]``."""
+    parts, depth, quote, current = [], 0, "", []
+    for char in text:
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "[{(":
+            depth += 1
+        elif char in "]})":
+            depth -= 1
+        elif char == "," and depth == 0:
+            parts.append("".join(current).strip())
+            current = []
+            continue
+        current.append(char)
+    parts.append("".join(current).strip())
+    return parts
+
+
+def resolve_key(key: str) -> str:
+    """A full config key for ``key``: itself if valid, an alias (``detector`` -> ``model.name``), or the one
+    valid key whose last part is ``key`` (``cls_loss`` -> ``model.cls_loss``, ``epochs`` -> ``solver.epochs``).
+
+    Raises:
+        ValueError: unknown or ambiguous key (the message names it and the nearest valid key).
+    """
+    from ..engine.config import _unknown_key_error, _valid_keys, Config
+
+    key = key.strip()
+    valid = _valid_keys(Config)
+    if key in valid or (key.startswith("model.options.") and len(key.split(".")) >= 3):
+        return key
+    if key in KEY_ALIASES:
+        return KEY_ALIASES[key]
+    matches = [k for k in valid if k.rpartition(".")[2] == key]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise ValueError(f"--vary: key '{key}' is ambiguous ({', '.join(matches)}): give the full key")
+    raise ValueError(str(_unknown_key_error(key, "--vary: ")))
+
+
+def parse_vary(text: str) -> tuple[str, list[str]]:
+    """``"model.cls_loss=focal,pfl"`` -> ``("model.cls_loss", ["focal", "pfl"])`` (values kept as text,
+    parsed as YAML by the trainer's ``--set``; commas inside ``[...]`` do not split)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip() or not raw.strip():
+        raise ValueError(f"--vary '{text}' must look like KEY=V1,V2,...")
+    values = _split_top_level(raw)
+    if any(not value for value in values):
+        raise ValueError(f"--vary '{text}': empty value in the list")
+    if len(set(values)) != len(values):
+        raise ValueError(f"--vary '{text}': a value is repeated")
+    return resolve_key(key), values
+
+
+def parse_seeds(text: str | list) -> list[int]:
+    """``"0,1,2"`` or ``[0, 1, 2]`` -> ``[0, 1, 2]`` (distinct non-negative ints)."""
+    items = text if isinstance(text, list) else [part for part in str(text).split(",") if part.strip()]
+    try:
+        seeds = [int(str(item).strip()) for item in items]
+    except ValueError as error:
+        raise ValueError(f"--seeds '{text}' must be a comma-separated list of integers") from error
+    if not seeds or any(seed < 0 for seed in seeds) or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds '{text}' must list distinct non-negative integers")
+    return seeds
+
+
+def is_study_file(path: str | Path) -> bool:
+    """True for a YAML file whose top level holds ``vary`` (a study file, not a training config)."""
+    path = Path(path)
+    if path.suffix not in (".yaml", ".yml") or not path.is_file():
+        return False
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        return False
+    return isinstance(data, dict) and "vary" in data
+
+
+def load_study_file(path: str | Path) -> StudySpec:
+    """Read a study file::
+
+        config: bccd_atss_r18_focal
+        vary: {model.cls_loss: [focal, pfl, pfl_mean]}      # or a list of "KEY=V1,V2" strings
+        seeds: [0, 1, 2]
+        out: runs/study_bccd
+        set: [solver.epochs=12]                             # optional
+        baseline: focal                                     # optional (default: the first variant)
+    """
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise ValueError(f"study file {path}: {error}") from error
+    if not isinstance(data, dict):
+        raise ValueError(f"study file {path}: the top level must be a mapping")
+    unknown = [key for key in data if key not in STUDY_FILE_KEYS]
+    if unknown:
+        raise ValueError(f"study file {path}: unknown key '{unknown[0]}' (keys: {', '.join(STUDY_FILE_KEYS)})")
+    for key in ("config", "vary", "seeds", "out"):
+        if data.get(key) in (None, "", [], {}):
+            raise ValueError(f"study file {path}: key '{key}' is missing")
+    vary_raw = data["vary"]
+    if isinstance(vary_raw, dict):
+        vary = []
+        for key, values in vary_raw.items():
+            values = values if isinstance(values, list) else [values]
+            text = ",".join(v if isinstance(v, str) else json.dumps(v) for v in values)
+            vary.append(parse_vary(f"{key}={text}"))
+    elif isinstance(vary_raw, list):
+        vary = [parse_vary(str(item)) for item in vary_raw]
+    else:
+        raise ValueError(f"study file {path}: 'vary' must be a mapping KEY: [values] or a list of 'KEY=V1,V2'")
+    overrides = data.get("set") or []
+    if isinstance(overrides, dict):
+        overrides = [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in overrides.items()]
+    return StudySpec(config=str(data["config"]), vary=vary, seeds=parse_seeds(data["seeds"]), out=str(data["out"]),
+                     overrides=[str(item) for item in overrides], baseline=str(data.get("baseline") or ""))
+
+
+# -------------------------------------------------------------------------------------------- cells
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]+", "-", text).strip("-.") or "x"
+
+
+def variant_names(vary: list[tuple[str, list[str]]]) -> list[tuple[str, list[str]]]:
+    """``[(name, [key=value, ...])]`` for the product of the varied values, in order.
+
+    The name joins the values (``focal``, ``atss_pfl``); where that is not unique, ``leaf-value`` parts.
+    """
+    keys = [key for key, _values in vary]
+    combos = list(itertools.product(*[values for _key, values in vary]))
+    names = ["_".join(_safe(value) for value in combo) for combo in combos]
+    if len(set(names)) != len(names):
+        names = ["_".join(f"{_safe(key.rpartition('.')[2])}-{_safe(value)}" for key, value in zip(keys, combo))
+                 for combo in combos]
+    if len(set(names)) != len(names):
+        names = [f"v{index}_{name}" for index, name in enumerate(names)]
+    return [(name, [f"{key}={value}" for key, value in zip(keys, combo)]) for name, combo in zip(names, combos)]
+
+
+def plan_cells(spec: StudySpec) -> tuple[list[str], list[Cell]]:
+    """Variant names (baseline first in the report, not here) and the cells, variant-major then seed."""
+    if not spec.vary:
+        raise ValueError("a study needs at least one --vary KEY=V1,V2,...")
+    keys = [key for key, _values in spec.vary]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"--vary: key given twice among {keys}")
+    fixed = {text.partition("=")[0].strip() for text in spec.overrides}
+    clash = [key for key in keys if key in fixed or key == "seed"]
+    if clash:
+        raise ValueError(f"--vary key '{clash[0]}' is also fixed by --set (or is the seed: use --seeds)")
+    variants = variant_names(spec.vary)
+    names = [name for name, _ in variants]
+    if spec.baseline and spec.baseline not in names:
+        raise ValueError(f"--baseline '{spec.baseline}' is not a variant (variants: {', '.join(names)})")
+    out = Path(spec.out)
+    cells = [Cell(name, seed, out / name / f"seed{seed}", [*items, f"seed={seed}"])
+             for name, items in variants for seed in spec.seeds]
+    return names, cells
+
+
+def cell_command(spec: StudySpec, cell: Cell, python: str | None = None) -> list[str]:
+    """The training command of a cell (``python -m umop.cli train CONFIG --set ... --out CELL --resume auto``)."""
+    overrides = [*DEFAULT_CELL_OVERRIDES, *spec.overrides, *cell.overrides]
+    return [python or sys.executable, "-m", "umop.cli", "train", spec.config, "--set", *overrides,
+            "--out", str(cell.run_dir), "--resume", "auto"]
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict) and not prefix.endswith("options."):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            if isinstance(value, dict) and key != "options":
+                out.update(_flatten(value, f"{prefix}{key}."))
+            elif key == "options" and isinstance(value, dict):
+                out.update({f"{prefix}options.{k}": v for k, v in value.items()})
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+    return {prefix.rstrip("."): data}
+
+
+def check_cells(spec: StudySpec, cells: list[Cell]) -> dict[str, Any]:
+    """Resolve every cell's config in-process (unknown keys and bad values fail here, before any training)
+    and compare it with the ``config.yaml`` of a cell that has already run.
+
+    Returns ``{cell.name: Config}``. Raises ValueError naming the key (and the cell) on any problem.
+    """
+    from ..engine.config import config_to_dict, load_config
+
+    configs = {}
+    for cell in cells:
+        overrides = [*DEFAULT_CELL_OVERRIDES, *spec.overrides, *cell.overrides, f"output_dir={cell.run_dir}"]
+        try:
+            config = load_config(spec.config, overrides)
+        except ValueError as error:
+            raise ValueError(f"cell {cell.name}: {error}") from error
+        configs[cell.name] = config
+        saved = cell.run_dir / "config.yaml"
+        if saved.is_file():
+            _compare_with_saved(cell, _flatten(config_to_dict(config)), saved)
+    return configs
+
+
+def _compare_with_saved(cell: Cell, intended: dict[str, Any], saved_path: Path) -> None:
+    try:
+        saved = _flatten(yaml.safe_load(saved_path.read_text()) or {})
+    except yaml.YAMLError:
+        return
+    for key, value in intended.items():
+        if key in _IGNORED_KEYS or key.startswith(_IGNORED_SECTIONS):
+            continue
+        if key in saved and value in ("", None) and key.startswith("data."):
+            continue  # filled in at run time (synthetic data paths)
+        same_number = (isinstance(value, float) and isinstance(saved.get(key), (int, float))
+                       and math.isclose(value, saved[key]))
+        if key in saved and saved[key] != value and not same_number:
+            raise ValueError(f"cell {cell.name} already ran with {key}={saved[key]!r}, but this study sets "
+                             f"{key}={value!r} ({saved_path}); use another --out or remove that folder")
+
+
+# -------------------------------------------------------------------------------------------- state
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def cell_state(cell: Cell) -> dict[str, Any]:
+    """What the cell's folder says: ``status`` (finished | failed | partial | pending), the summary, the
+    evaluations, the attempts and, for a failed cell, the exit code and stderr tail."""
+    run_dir = cell.run_dir
+    summary = _read_json(run_dir / "summary.json")
+    finished = isinstance(summary, dict) and "epochs" in summary and "iterations" in summary
+    attempts = []
+    attempts_path = run_dir / "study_attempts.jsonl"
+    if attempts_path.is_file():
+        for line in attempts_path.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                attempts.append(json.loads(line))
+    failure = _read_json(run_dir / "failed.json")
+    evaluations = _read_json(run_dir / "eval.json")
+    config = None
+    if (run_dir / "config.yaml").is_file():
+        with contextlib.suppress(yaml.YAMLError, OSError):
+            config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    if finished:
+        status = "finished"
+    elif isinstance(failure, dict):
+        status = "failed"
+    elif (run_dir / "checkpoints" / "last.pt").is_file():
+        status = "partial"
+    else:
+        status = "pending"
+    return {"status": status, "summary": summary if finished else None,
+            "evaluations": evaluations if isinstance(evaluations, list) else [], "attempts": attempts,
+            "failure": failure if status == "failed" else None, "config": config}
+
+
+# --------------------------------------------------------------------------------------------- running
+
+@contextlib.contextmanager
+def _study_lock(out: Path) -> Iterator[None]:
+    """One study process per folder (a second one would train the same cell twice)."""
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no lock
+        yield
+        return
+    handle = (out / ".study.lock").open("w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        handle.close()
+        raise ValueError(f"another `umop study` is running on {out} (lock {out / '.study.lock'})") from error
+    try:
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+    """Turn SIGTERM into :class:`StudyStopped` (SIGINT arrives as KeyboardInterrupt)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: Any) -> None:
+        raise StudyStopped(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _tail(path: Path, offset: int, chars: int = _STDERR_TAIL_CHARS) -> str:
+    if not path.is_file():
+        return ""
+    with path.open("rb") as stream:
+        stream.seek(offset)
+        text = stream.read().decode("utf-8", errors="replace")
+    return text[-chars:]
+
+
+def _stop_process(process: subprocess.Popen, grace_seconds: float = 60.0) -> None:
+    """SIGTERM the training process (it saves a resumable checkpoint and exits), kill it after ``grace_seconds``."""
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=grace_seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def run_cell(spec: StudySpec, cell: Cell, *, python: str | None = None) -> dict[str, Any]:
+    """Train one cell in a subprocess; return its state afterwards. A non-zero exit writes ``failed.json``.
+
+    Raises:
+        StudyStopped / KeyboardInterrupt: the study was stopped; the subprocess is stopped first.
+    """
+    run_dir = cell.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "failed.json").unlink(missing_ok=True)
+    command = cell_command(spec, cell, python)
+    stderr_path, stdout_path = run_dir / "stderr.log", run_dir / "stdout.log"
+    header = f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} umop study: {' '.join(command[1:])}\n"
+    for path in (stdout_path, stderr_path):
+        with path.open("a") as stream:
+            stream.write(header)
+    offset = stderr_path.stat().st_size
+    started = time.time()
+    with stdout_path.open("a") as stdout, stderr_path.open("a") as stderr:
+        process = subprocess.Popen(command, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL)
+        try:
+            returncode = process.wait()
+        except BaseException as error:
+            if isinstance(error, KeyboardInterrupt):  # Ctrl-C reached the training too: let it save and exit
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=60)
+            _stop_process(process)
+            _record_attempt(run_dir, started, process.returncode, stopped=True)
+            raise
+    _record_attempt(run_dir, started, returncode)
+    state = cell_state(cell)
+    if returncode != 0 or state["status"] != "finished":
+        failure = {"returncode": returncode, "stderr_tail": _tail(stderr_path, offset),
+                   "command": command[1:], "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+        if returncode == 0:
+            failure["stderr_tail"] = ("the training exited with code 0 but wrote no summary.json\n"
+                                      + failure["stderr_tail"])
+        (run_dir / "failed.json").write_text(json.dumps(failure, indent=1))
+        state = cell_state(cell)
+    return state
+
+
+def _record_attempt(run_dir: Path, started: float, returncode: int | None, stopped: bool = False) -> None:
+    record = {"started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
+              "seconds": round(time.time() - started, 1), "returncode": returncode, "stopped": stopped}
+    with (run_dir / "study_attempts.jsonl").open("a") as stream:
+        stream.write(json.dumps(record) + "\n")
+
+
+def estimate_seconds_per_cell(states: dict[str, dict[str, Any]]) -> float | None:
+    """Wall seconds of the first finished cell (all its attempts; its training time without a record)."""
+    for state in states.values():
+        if state["status"] == "finished":
+            seconds = sum(float(a.get("seconds", 0)) for a in state["attempts"])
+            return seconds or float(state["summary"].get("train_seconds") or 0) or None
+    return None
+
+
+def _format_duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s"
+
+
+def run_study(spec: StudySpec, *, dry_run: bool = False, python: str | None = None,
+              log: Any = print) -> dict[str, Any]:
+    """Run (or, with ``dry_run``, list) the study's cells; write the reports after every cell.
+
+    Returns the study record written to ``OUT/study.json``. Raises :class:`StudyStopped` or
+    ``KeyboardInterrupt`` when stopped (the reports are written first; run the same command to continue).
+    """
+    from .report import write_reports
+
+    variants, cells = plan_cells(spec)
+    check_cells(spec, cells)
+    out = Path(spec.out)
+    states = {cell.name: cell_state(cell) for cell in cells}
+    todo = [cell for cell in cells if states[cell.name]["status"] != "finished"]
+    if dry_run:
+        per_cell = estimate_seconds_per_cell(states)
+        log(f"study {out}: {len(variants)} variants x {len(spec.seeds)} seeds = {len(cells)} cells, "
+            f"{len(cells) - len(todo)} finished")
+        for cell in cells:
+            log(f"  {states[cell.name]['status']:<9} {cell.name:<32} python {' '.join(cell_command(spec, cell)[1:])}")
+        if per_cell is None:
+            log("estimated time: unknown until one cell has finished")
+        else:
+            log(f"estimated time for the {len(todo)} remaining cells: {_format_duration(per_cell * len(todo))} "
+                f"({_format_duration(per_cell)} per cell, from the first finished cell)")
+        return {"cells": len(cells), "remaining": len(todo), "seconds_per_cell": per_cell}
+
+    with _study_lock(out), _stop_on_sigterm():
+        (out / "study.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+        log(f"study {out}: {len(cells)} cells ({len(cells) - len(todo)} finished, {len(todo)} to run)")
+        record = write_reports(spec, variants, cells, states)
+        for number, cell in enumerate(todo, 1):
+            status = states[cell.name]["status"]
+            log(f"[{number}/{len(todo)}] {cell.name}: "
+                f"{'resuming' if status == 'partial' else 'training'} -> {cell.run_dir}")
+            try:
+                states[cell.name] = run_cell(spec, cell, python=python)
+            except (StudyStopped, KeyboardInterrupt):
+                states[cell.name] = cell_state(cell)
+                write_reports(spec, variants, cells, states)
+                log(f"study stopped during {cell.name}; run the same command again to continue "
+                    f"(finished cells are skipped, {cell.name} resumes from its last checkpoint)")
+                raise
+            state = states[cell.name]
+            if state["status"] == "finished":
+                summary = state["summary"]
+                ap = (summary.get("eval") or {}).get("AP")
+                log(f"    finished: {summary['iterations']} iterations, "
+                    + (f"AP {100 * ap:.1f}" if isinstance(ap, (int, float)) else "no evaluation")
+                    + (" (stopped early by solver.max_train_seconds)" if summary.get("stopped_early") else ""))
+            else:
+                tail = (state["failure"] or {}).get("stderr_tail", "").strip().splitlines()[-1:] or [""]
+                log(f"    FAILED (exit code {(state['failure'] or {}).get('returncode')}): {tail[0]}")
+            record = write_reports(spec, variants, cells, states)
+        log(f"reports: {out / 'study.md'}, {out / 'study.html'}, {out / 'study.json'}")
+        return record
+
+
+__all__ += ["cell_command", "run_cell", "variant_names", "estimate_seconds_per_cell"]

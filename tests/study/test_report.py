@@ -1,0 +1,122 @@
+"""`umop study` reports from hand-made cell folders (no training): statistics, study.md == study.json,
+the time-cap note, key checks, the dry run."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from umop.cli import main
+from umop.engine.config import load_config, save_config
+from umop.study.runner import (StudySpec, check_cells, parse_vary, plan_cells, resolve_key, run_study,
+                               variant_names)
+
+AP = {("focal", 0): 0.28, ("focal", 1): 0.31, ("focal", 2): 0.30,
+      ("pfl", 0): 0.30, ("pfl", 1): 0.34, ("pfl", 2): 0.29}
+
+
+def _fake_cell(spec: StudySpec, cell, ap: float, stopped_early: bool = False) -> None:
+    """A finished run folder as the trainer leaves it (config.yaml, eval.json, summary.json)."""
+    cell.run_dir.mkdir(parents=True)
+    config = load_config(spec.config, ["log.progress_bar=false", *spec.overrides, *cell.overrides,
+                                       f"output_dir={cell.run_dir}"])
+    save_config(config, cell.run_dir / "config.yaml")
+    history = [{"epoch": epoch, "iter": 10 * epoch, "AP": ap * epoch / 4, "AP50": 0.6, "AP75": 0.2, "APs": -1.0,
+                "APm": 0.25, "APl": 0.4, "per_class": {"a": ap + 0.01, "b": ap - 0.01}, "num_images": 4,
+                "num_failed_images": 0, "oLRP": 1 - ap, "per_class_lrp": {"a": {"oLRP": 0.9, "FP": 0.2}}}
+               for epoch in (1, 2, 3, 4)]
+    (cell.run_dir / "eval.json").write_text(json.dumps(history))
+    (cell.run_dir / "summary.json").write_text(json.dumps(
+        {"run_dir": str(cell.run_dir), "epochs": 4, "iterations": 40, "stopped_early": stopped_early,
+         "train_seconds": 12.0 + cell.seed, "eval": history[-1]}))
+    (cell.run_dir / "study_attempts.jsonl").write_text(json.dumps({"seconds": 20.0, "returncode": 0}) + "\n")
+
+
+@pytest.fixture
+def fake_study(tmp_path):
+    spec = StudySpec("demo_synthetic", [parse_vary("cls_loss=focal,pfl")], [0, 1, 2], str(tmp_path / "study"),
+                     ["solver.epochs=4"])
+    _variants, cells = plan_cells(spec)
+    for cell in cells:
+        _fake_cell(spec, cell, AP[(cell.variant, cell.seed)], stopped_early=(cell.variant, cell.seed) == ("pfl", 2))
+    return spec, cells
+
+
+def test_keys_and_variant_names():
+    assert resolve_key("cls_loss") == "model.cls_loss"
+    assert resolve_key("epochs") == "solver.epochs"
+    assert resolve_key("detector") == "model.name"
+    assert resolve_key("model.options.delta") == "model.options.delta"
+    assert parse_vary("data.min_size=[64,96],128") == ("data.min_size", ["[64,96]", "128"])
+    with pytest.raises(ValueError, match="did you mean 'model.cls_loss'"):
+        parse_vary("model.cls_los=focal,pfl")
+    names = variant_names([("model.name", ["atss", "retinanet"]), ("model.cls_loss", ["focal", "pfl"])])
+    assert [name for name, _ in names] == ["atss_focal", "atss_pfl", "retinanet_focal", "retinanet_pfl"]
+    assert names[1][1] == ["model.name=atss", "model.cls_loss=pfl"]
+
+
+def test_mistyped_keys_fail_before_any_training(tmp_path, capsys):
+    out = tmp_path / "study"
+    assert main(["study", "demo_synthetic", "--vary", "model.cls_los=focal,pfl", "--seeds", "0,1",
+                 "--out", str(out)]) == 2
+    assert "model.cls_loss" in capsys.readouterr().err
+    assert main(["study", "demo_synthetic", "--vary", "cls_loss=focal,pfl", "--seeds", "0,1", "--out", str(out),
+                 "--set", "solver.lrr=0.1"]) == 2
+    assert "solver.lr" in capsys.readouterr().err
+    assert main(["study", "demo_synthetic", "--vary", "solver.epochs=1,two", "--seeds", "0", "--out", str(out)]) == 2
+    assert "solver.epochs" in capsys.readouterr().err
+    assert not out.exists()  # nothing was trained or even created
+
+
+def test_report_statistics_and_markdown_agree_with_json(fake_study, capsys):
+    spec, cells = fake_study
+    record = run_study(spec)  # every cell is finished: nothing trains, the reports are written
+    out = spec.out
+    saved = json.loads(open(f"{out}/study.json").read())
+    assert saved["counts"]["finished"] == 6 and saved["baseline"] == "focal"
+    difference = saved["differences"]["pfl"]["AP"]
+    assert difference["mean"] == pytest.approx(0.013333, abs=1e-6)  # the hand case of test_stats
+    assert difference["ci"] == pytest.approx([-0.038384, 0.065050], abs=2e-5)
+    assert "APs" not in saved["metrics"]  # -1 (not measurable) is not averaged
+    assert "num_failed_images" not in saved["metrics"] and "oLRP/a" in saved["metrics"]
+    assert saved["differences"]["pfl"]["oLRP"]["mean"] == pytest.approx(-0.013333, abs=1e-6)
+    markdown = open(f"{out}/study.md").read()
+    # every mean +- std of the first table is the json's, rounded
+    table = markdown.split("## Mean")[1].split("\n\n")[1].splitlines()
+    header = [h.strip() for h in table[0].strip("|").split("|")]
+    for line in table[2:]:
+        row = [c.strip() for c in line.strip("|").split("|")]
+        variant = row[0].replace(" (baseline)", "")
+        for column, text in zip(header[2:-1], row[2:-1]):
+            mean, std = map(float, re.findall(r"-?\d+\.\d", text))
+            entry = saved["summary"][variant][column]
+            assert (mean, std) == (round(100 * entry["mean"], 1), round(100 * entry["std"], 1))
+    assert "## Per-class oLRP (lower is better)" in markdown
+    assert "pfl minus focal: AP +1.3 points (paired over 3 seeds, 95% interval -3.8 to +6.5)" in markdown
+    assert "The interval contains 0" in markdown
+    assert "1 of 6 cells were stopped early by `solver.max_train_seconds`" in markdown  # the time cap is told
+    convergence = saved["convergence"]["pfl"]["75%"]
+    assert convergence["epochs"] == ["3/4"] and convergence["mean"] == pytest.approx(0.31 * 3 / 4)
+    html = open(f"{out}/study.html").read()
+    assert html.count("data:image/png;base64") >= 2 and "pfl minus focal" in html
+    assert record["counts"] == saved["counts"]
+
+
+def test_dry_run_lists_cells_and_estimates_time(fake_study, capsys):
+    spec, cells = fake_study
+    extended = StudySpec(spec.config, spec.vary, [0, 1, 2, 3], spec.out, spec.overrides)  # one more seed
+    assert run_study(extended, dry_run=True)["remaining"] == 2
+    text = capsys.readouterr().out
+    assert "8 cells, 6 finished" in text and "pending   pfl/seed3" in text and "python -m umop.cli train" in text
+    assert "estimated time for the 2 remaining cells: 0 min 40 s" in text
+
+
+def test_a_finished_cell_run_with_other_settings_is_refused(fake_study):
+    spec, cells = fake_study
+    changed = StudySpec(spec.config, spec.vary, spec.seeds, spec.out, ["solver.epochs=5"])
+    with pytest.raises(ValueError, match="solver.epochs=4"):
+        check_cells(changed, plan_cells(changed)[1])
+    logging_only = StudySpec(spec.config, spec.vary, spec.seeds, spec.out, ["solver.epochs=4", "log.every=3"])
+    check_cells(logging_only, plan_cells(logging_only)[1])  # logging does not change the trained model
