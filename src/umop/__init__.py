@@ -10,8 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from .engine.hooks import register_log_hooks
+
 __version__ = "0.1.0"
 __all__ = ["build_detector", "__version__"]
+
+# The package wires its parts: the analyses' per-loss gradient norms (``log.objective_every``) become a
+# training-log hook; the engine imports no analysis (the factory is imported when a Trainer is built).
+register_log_hooks("objective", "umop.analysis.objective:objective_log_hooks")
 
 
 def build_detector(name: str, num_classes: int, **kwargs: Any):

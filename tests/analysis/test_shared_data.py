@@ -8,7 +8,7 @@ from umop.analysis.levels import LEVELS, level_statistics, mean_positive_ratios
 
 
 def test_bccd_level_statistics_with_real_atss(tmp_path, shared_data_dir):
-    """First 12 BCCD test images (640x480 -> 1066x800, padded 800x1088) under the real ATSS assigner."""
+    """First 12 BCCD test images (640x480 -> 1067x800, padded 800x1088) under the real ATSS assigner."""
     from umop.data.convert import save_coco_json, voc_to_coco
 
     root = shared_data_dir / "bccd" / "BCCD"
@@ -24,7 +24,7 @@ def test_bccd_level_statistics_with_real_atss(tmp_path, shared_data_dir):
     assert not index.missing_files
     rows = level_statistics(index, ["atss"])
     assert len(rows) == 12 * len(LEVELS)
-    assert all((row.width, row.height) == (1066, 800) for row in rows)
+    assert all((row.width, row.height) == (1067, 800) for row in rows)
     # ATSS: one anchor per location of the 800x1088 padded input: (800/s) * (1088/s) rounded up per level.
     assert [row.num_total for row in rows[:5]] == [100 * 136, 50 * 68, 25 * 34, 13 * 17, 7 * 9]
     # Every box gets positives (ATSS keeps at least the candidates above mean + std): at least one per box.

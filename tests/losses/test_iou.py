@@ -102,3 +102,13 @@ def test_bad_input():
         giou_loss(torch.zeros(3, 4), torch.zeros(3, 4), weight=torch.ones(5))
     with pytest.raises(ValueError, match="mode"):
         iou_loss(torch.zeros(3, 4), torch.zeros(3, 4), mode="cube")
+
+
+def test_ciou_of_a_zero_size_predicted_box_is_finite():
+    """A collapsed predicted box (FCOS at initialisation: relu distances of 0) gives a finite loss and gradient
+    (h + eps in the aspect term, as mmdetection)."""
+    pred = torch.tensor([[10.0, 10.0, 10.0, 10.0]], requires_grad=True)
+    target = torch.tensor([[0.0, 0.0, 20.0, 40.0]])
+    loss = ciou_loss(pred, target, reduction="sum")
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(pred.grad).all()

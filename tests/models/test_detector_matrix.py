@@ -75,9 +75,14 @@ def test_training_step_and_eval(name, cls_loss):
         assert losses[key].ndim == 0 and torch.isfinite(losses[key]), key
     stats = losses["stats"]
     assert stats["num_positive"].shape == (5,) and stats["num_positive"].sum() > 0
-    # all anchors of both images are counted (1 anchor per location except RetinaNet's 9)
+    # the valid (not ignored) anchors of both images are counted (1 anchor per location except RetinaNet's
+    # 9; RetinaNet ignores the anchors with a max IoU in [0.4, 0.5))
     per_location = 9 if name == "retinanet" else 1
-    assert stats["num_anchors"].tolist() == [2 * per_location * s * s for s in (16, 8, 4, 2, 1)]
+    all_anchors = [2 * per_location * s * s for s in (16, 8, 4, 2, 1)]
+    result = model.assign_targets((128, 128), targets)
+    valid_per_level = [int(part.sum()) for part in (result.labels >= 0).split(result.num_anchors_per_level, dim=1)]
+    assert stats["num_anchors"].tolist() == valid_per_level
+    assert (name == "retinanet") == (valid_per_level != all_anchors)
     if cls_loss.startswith("pfl"):
         assert stats["gamma_ad"].shape == (5,) and stats["alpha_ad"].shape == (5,)
         assert ((stats["gamma_ad"] >= 1.5) & (stats["gamma_ad"] <= 2.5)).all()

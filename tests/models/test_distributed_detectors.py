@@ -21,7 +21,8 @@ DETECTORS = ("retinanet", "atss", "fcos", "vfnet")
 
 def _model(name: str) -> torch.nn.Module:
     torch.manual_seed(0)
-    return umop.build_detector(name, 2, backbone="resnet18", cls_loss="pfl", fpn_channels=32, delta=1.0)
+    return umop.build_detector(name, 2, backbone="resnet18", cls_loss="pfl", fpn_channels=32,
+                                 cls_loss_options={"delta": 1.0})
 
 
 def _batch():

@@ -19,6 +19,7 @@ from umop.assigners import pad_targets
 from umop.assigners.atss import ATSSAssigner
 from umop.assigners.common import AssignResult
 from umop.assigners.max_iou import MaxIoUAssigner
+from umop.losses import CLS_LOSSES
 from umop.models import build_detector
 from umop.models.anchors import AnchorGenerator, PointGenerator, retinanet_anchor_generator
 
@@ -108,7 +109,7 @@ def test_no_loss_and_no_statistic_from_the_padding(models, name, cls_loss, paddi
     """Two images, 64 x 64 and 64 x 32: the classification logits at the priors in image 1's padding do not
     change any loss (detectors with valid flags), and ``num_anchors`` counts the valid priors only."""
     model = models[name]
-    model.cls_loss = cls_loss
+    model.cls_loss = CLS_LOSSES.build(cls_loss)
     try:
         targets = [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 44.0]]), "labels": torch.tensor([1])},
                    {"boxes": torch.tensor([[4.0, 10.0, 28.0, 50.0]]), "labels": torch.tensor([0])}]
@@ -144,11 +145,17 @@ def test_no_loss_and_no_statistic_from_the_padding(models, name, cls_loss, paddi
         if name == "fcos":
             assert stats["num_anchors"].tolist() == [2 * c for c in counts]
         else:
-            assert stats["num_anchors"].tolist() == [per_location * (64 + 32), per_location * (16 + 8),
-                                                     per_location * (4 + 2), 2 * per_location, 2 * per_location]
+            valid_priors = [per_location * (64 + 32), per_location * (16 + 8), per_location * (4 + 2),
+                            2 * per_location, 2 * per_location]
+            # num_anchors = the priors of weight > 0: valid and not ignored (RetinaNet's IoU in [0.4, 0.5))
+            assigned = [int(part.sum()) for part in result.valid_mask.sum(0).split(counts)]
+            assert stats["num_anchors"].tolist() == assigned
+            assert all(a <= v for a, v in zip(assigned, valid_priors))
+            if name != "retinanet":  # no ignored priors under ATSS: every valid prior counts
+                assert assigned == valid_priors
         assert stats["num_positive"].sum() == result.positive_mask.sum()
     finally:
-        model.cls_loss = "varifocal" if name == "vfnet" else "focal"
+        model.cls_loss = CLS_LOSSES.build("varifocal" if name == "vfnet" else "focal")
 
 
 def test_training_forward_uses_each_images_own_size(models):
@@ -183,10 +190,10 @@ def test_avg_factor_with_a_background_only_image(models, name, expected):
     labels = torch.full((2, 10), 2)
     labels[0, :3] = torch.tensor([0, 1, 0])
     result = AssignResult(labels, torch.full((2, 10), -1), torch.zeros(2, 10), [10], 2)
-    _, _, avg_factor = models[name].positives(result, torch.float32)
+    avg_factor = models[name].avg_factor(result.positive_mask)
     assert avg_factor.item() == expected
     empty = AssignResult(torch.full((3, 10), 2), torch.full((3, 10), -1), torch.zeros(3, 10), [10], 2)
-    assert models[name].positives(empty, torch.float32)[2].item() == (3.0 if expected == 4.0 else 1.0)
+    assert models[name].avg_factor(empty.positive_mask).item() == (3.0 if expected == 4.0 else 1.0)
 
 
 def test_retinanet_box_loss_divided_by_the_per_image_avg_factor(models):

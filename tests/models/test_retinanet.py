@@ -161,8 +161,8 @@ def test_focal_loss_is_normalised_by_batch_positives():
     expected = tv_sigmoid_focal_loss(logits[valid], one_hot[valid], reduction="sum") / result.positive_mask.sum()
     assert torch.allclose(losses["loss_cls"].detach(), expected, rtol=1e-5)
     assert torch.equal(losses["stats"]["num_positive"].sum(), result.positive_mask.sum().float())
-    counts = torch.tensor(result.num_anchors_per_level, dtype=torch.float32) * 2
-    assert torch.equal(losses["stats"]["num_anchors"], counts)
+    valid_per_level = torch.stack([part.sum() for part in valid.split(result.num_anchors_per_level, dim=1)])
+    assert torch.equal(losses["stats"]["num_anchors"], valid_per_level.float())  # ignored anchors do not count
     assert logits.shape[1] == sum(result.num_anchors_per_level)
 
 

@@ -4,6 +4,7 @@ import torch
 from torchvision.ops import deform_conv2d
 
 from umop.assigners import pad_targets
+from umop.losses import VarifocalLoss
 from umop.losses.varifocal import varifocal_loss
 from umop.models import build_detector
 from umop.models.vfnet import VFNet, star_dcn_offset, vfnet_reg_denoms
@@ -69,12 +70,13 @@ def model():
 
 
 def test_default_cls_loss_and_validation(model):
-    assert isinstance(model, VFNet) and model.cls_loss == "varifocal"
-    assert VFNet(model.backbone, 3).cls_loss == "varifocal"  # the class's own default
-    with pytest.raises(ValueError, match="cls_loss"):
+    assert isinstance(model, VFNet) and isinstance(model.cls_loss, VarifocalLoss)
+    assert isinstance(VFNet(model.backbone, 3).cls_loss, VarifocalLoss)  # the class's own default
+    with pytest.raises(ValueError, match="cls_loss: unknown classification loss 'ghm'.*'ghm_c'"):
         build_detector("vfnet", 3, backbone="resnet18", fpn_channels=32, cls_loss="ghm")
-    with pytest.raises(ValueError, match="cls_loss"):
-        build_detector("atss", 3, backbone="resnet18", fpn_channels=32, cls_loss="varifocal")
+    # the varifocal loss is a component like any other: ATSS takes it too (quality = IoU of its decoded box)
+    atss = build_detector("atss", 3, backbone="resnet18", fpn_channels=32, cls_loss="varifocal")
+    assert isinstance(atss.cls_loss, VarifocalLoss)
 
 
 def test_head_outputs_and_refinement(model):

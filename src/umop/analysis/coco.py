@@ -1,18 +1,21 @@
-"""Fast COCO-json reader for the analyses: image sizes and boxes only, no image decoding.
+"""COCO-json reader for the analyses: image sizes and boxes only, no image decoding.
 
-The analyses need geometry, not pixels, so they read the annotation file with the ``json`` module (much
-faster than building a dataset of decoded images). Image sizes come from the json's ``width``/``height``;
-only when those are missing is the image header read with PIL (which does not decode the pixels).
+The analyses need geometry, not pixels. The json is read and validated by :mod:`umop.data.coco` (the same
+rules as training: a bad record is skipped with a warning, a box overhanging the image is clipped); image
+sizes come from the json's ``width``/``height``, or from the image header (PIL reads no pixels) where the
+json lacks them. Images absent from ``image_dir`` are kept (their sizes are in the json) with one warning.
 """
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ..data import records as rec
+from ..data.coco import default_image_dir, index_coco, load_coco_json
+from ..data.image_io import image_size
 
 @dataclass
 class ImageRecord:
@@ -51,94 +54,77 @@ class CocoIndex:
         return len(self.category_ids)
 
 
-def _read_json(ann_file: Path) -> dict:
-    if not ann_file.is_file():
-        raise ValueError(f"annotation file {ann_file} does not exist")
-    try:
-        data = json.loads(ann_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"annotation file {ann_file} is not valid JSON: {error}") from error
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise ValueError(f"annotation file {ann_file} is not a COCO detection json (no 'images' list)")
-    return data
-
-
-def _image_size(record: dict, image_dir: Path, ann_file: Path) -> tuple[int, int]:
-    """(width, height) from the json record, else from the image header."""
-    width, height = record.get("width"), record.get("height")
-    if isinstance(width, (int, float)) and isinstance(height, (int, float)) and width > 0 and height > 0:
-        return int(width), int(height)
-    path = image_dir / str(record.get("file_name", ""))
-    if not path.is_file():
-        raise ValueError(f"{ann_file}: image id {record.get('id')} has no width/height and its file "
-                         f"{path} does not exist")
-    from PIL import Image
-
-    with Image.open(path) as image:
-        return image.size
+def _with_header_sizes(images: list, image_dir: Path) -> tuple[list, list[str]]:
+    """The image records with ``width``/``height`` read from the header where the json lacks them, and the
+    file names absent from ``image_dir``."""
+    out, missing = [], []
+    for record in images:
+        if isinstance(record, dict) and isinstance(record.get("file_name"), str):
+            path = image_dir / record["file_name"]
+            if not path.is_file():
+                missing.append(record["file_name"])
+            elif record.get("width") is None and record.get("height") is None:
+                try:
+                    height, width = image_size(path)
+                    record = {**record, "width": width, "height": height}
+                except OSError:
+                    pass  # reported by index_coco as a record without a size
+        out.append(record)
+    return out, missing
 
 
 def load_coco(ann_file: str | Path, image_dir: str | Path | None = None) -> CocoIndex:
-    """Read a COCO detection json into a :class:`CocoIndex`.
+    """Read a COCO detection json into a :class:`CocoIndex` with :func:`umop.data.coco.index_coco`.
 
-    Boxes with zero or negative size and ``iscrowd`` boxes are skipped (as in training), with one warning
-    giving the count. Images listed in the json but absent from ``image_dir`` only produce a warning: the
-    analyses need their sizes, not their pixels.
+    ``image_dir`` None: the folder ``umop data convert`` recorded in the json, else the json's folder
+    (:func:`umop.data.coco.default_image_dir`).
+
+    Bad records (zero-size boxes, unknown image or category ids, images without a size, ...) are skipped
+    with :class:`umop.data.records.BadRecordWarning` warnings, as when training; ``iscrowd`` boxes are left
+    out of the analyses (one warning with the count). Images listed in the json but absent from
+    ``image_dir`` only produce a warning: the analyses need their sizes, not their pixels.
 
     Raises:
-        ValueError: the json is missing/invalid or lists no images, ``image_dir`` does not exist, or an
-            annotation names an unknown image or category.
+        ValueError: the json is missing/invalid or lists no (valid) images, or ``image_dir`` does not exist.
     """
     ann_file = Path(ann_file)
-    data = _read_json(ann_file)
-    if image_dir is None:  # the folder `umop data convert` recorded, else the json's folder
-        from umop.data.coco import default_image_dir
-
-        image_dir = default_image_dir(data, ann_file)
-    image_dir = Path(image_dir)
+    try:
+        data = load_coco_json(ann_file)
+    except FileNotFoundError as error:
+        raise ValueError(f"annotation file {ann_file} does not exist") from error
+    image_dir = Path(image_dir) if image_dir is not None else default_image_dir(data, ann_file)
     if not image_dir.is_dir():
         raise ValueError(f"image directory {image_dir} does not exist (--images)")
     if not data["images"]:
         raise ValueError(f"annotation file {ann_file} lists no images: nothing to analyse")
-    categories = sorted(data.get("categories") or [], key=lambda category: category["id"])
-    category_ids = [int(category["id"]) for category in categories]
-    class_names = [str(category.get("name", category["id"])) for category in categories]
+    images, missing = _with_header_sizes(data["images"], image_dir)
+    index = index_coco({**data, "images": images}, image_dir, source=str(ann_file), verify_files=False)
+    rec.warn_records([*index.bad_records, *index.fixed_records], str(ann_file), what="analysing")
+    if not index.images:
+        raise ValueError(f"annotation file {ann_file} has no valid image: nothing to analyse")
+    category_ids = [int(category["id"]) for category in index.categories]
+    class_names = [str(category["name"]) for category in index.categories]
     label_of = {category_id: label for label, category_id in enumerate(category_ids)}
 
-    boxes_of: dict[int, list[list[float]]] = {}
-    labels_of: dict[int, list[int]] = {}
-    image_ids = {record.get("id") for record in data["images"]}
-    skipped = 0
-    for annotation in data.get("annotations") or []:
-        image_id = annotation.get("image_id")
-        if image_id not in image_ids:
-            raise ValueError(f"{ann_file}: annotation {annotation.get('id')} refers to unknown image id "
-                             f"{image_id}")
-        if annotation.get("category_id") not in label_of:
-            raise ValueError(f"{ann_file}: annotation {annotation.get('id')} has unknown category_id "
-                             f"{annotation.get('category_id')}")
-        x, y, w, h = (float(value) for value in annotation["bbox"])
-        if annotation.get("iscrowd", 0) or w <= 0 or h <= 0:
-            skipped += 1
-            continue
-        boxes_of.setdefault(image_id, []).append([x, y, x + w, y + h])
-        labels_of.setdefault(image_id, []).append(label_of[annotation["category_id"]])
-    if skipped:
-        warnings.warn(f"{ann_file}: skipped {skipped} crowd or zero/negative-size boxes", stacklevel=2)
-
-    images, missing = [], []
-    for record in data["images"]:
-        image_id = record.get("id")
-        file_name = str(record.get("file_name", ""))
-        if not (image_dir / file_name).is_file():
-            missing.append(file_name)
-        width, height = _image_size(record, image_dir, ann_file)
-        images.append(ImageRecord(
-            image_id=int(image_id), file_name=file_name, width=width, height=height,
-            boxes=np.asarray(boxes_of.get(image_id, []), dtype=np.float64).reshape(-1, 4),
-            labels=np.asarray(labels_of.get(image_id, []), dtype=np.int64)))
+    records, crowd = [], 0
+    for image in index.images:
+        boxes, labels = [], []
+        for annotation in index.annotations.get(image["id"], []):
+            if annotation.get("iscrowd", 0):
+                crowd += 1
+                continue
+            x, y, w, h = (float(value) for value in annotation["bbox"])
+            boxes.append([x, y, x + w, y + h])
+            labels.append(label_of[annotation["category_id"]])
+        records.append(ImageRecord(
+            image_id=int(image["id"]), file_name=image["file_name"], width=int(image["width"]),
+            height=int(image["height"]), boxes=np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
+            labels=np.asarray(labels, dtype=np.int64)))
+    if crowd:
+        warnings.warn(f"{ann_file}: left out {crowd} crowd boxes", stacklevel=2)
     if missing:
-        warnings.warn(f"{len(missing)} of {len(images)} images of {ann_file} are not in {image_dir} "
+        warnings.warn(f"{len(missing)} of {len(data['images'])} images of {ann_file} are not in {image_dir} "
                       f"(first: {missing[0]}); their sizes are taken from the json", stacklevel=2)
-    return CocoIndex(ann_file=ann_file, image_dir=image_dir, images=images, category_ids=category_ids,
+    skipped = sum(1 for record in index.bad_records if record.kind == rec.ZERO_SIZE_BOX) + crowd
+    return CocoIndex(ann_file=ann_file, image_dir=image_dir, images=records, category_ids=category_ids,
                      class_names=class_names, num_skipped_boxes=skipped, missing_files=missing)

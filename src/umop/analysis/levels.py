@@ -22,6 +22,8 @@ import numpy as np
 import torch
 
 from umop.analysis.coco import CocoIndex, ImageRecord
+from umop.data.transforms import ResizeShorterSide
+from umop.structures.levels import level_index_for
 
 VALID_DETECTORS: tuple[str, ...] = ("retinanet", "atss", "fcos", "vfnet")
 LEVELS: tuple[int, ...] = (3, 4, 5, 6, 7)
@@ -43,16 +45,13 @@ def check_detector_name(name: str) -> str:
 def resized_size(width: int, height: int, min_size: int = 800, max_size: int = 1333) -> tuple[int, int]:
     """Test-time resize ``(new_width, new_height)``: shorter side ``min_size``, longer side <= ``max_size``.
 
-    Same integer rule as ``torchvision.transforms.v2.Resize(min_size, max_size=max_size)`` (the data
-    pipeline's resize); ``max_size <= min_size`` simply caps the longer side.
+    The data pipeline's rule (:meth:`umop.data.transforms.ResizeShorterSide.output_size`: one scale, sides
+    rounded), so that the analysed sizes are the trained and evaluated ones (640x480 -> 1067x800).
     """
     if width <= 0 or height <= 0:
         raise ValueError(f"image size must be positive, got width={width}, height={height}")
-    short, long = (width, height) if width <= height else (height, width)
-    new_short, new_long = min_size, int(min_size * long / short)
-    if new_long > max_size:
-        new_short, new_long = int(max_size * new_short / new_long), max_size
-    return (new_short, new_long) if width <= height else (new_long, new_short)
+    new_height, new_width = ResizeShorterSide(min_size, max_size).output_size(height, width, min_size)
+    return new_width, new_height
 
 
 def padded_size(width: int, height: int, divisor: int = SIZE_DIVISOR) -> tuple[int, int]:
@@ -118,11 +117,6 @@ def single_thread() -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _level_index(num_anchors_per_level: Sequence[int]) -> torch.Tensor:
-    counts = torch.as_tensor(list(num_anchors_per_level), dtype=torch.int64)
-    return torch.repeat_interleave(torch.arange(len(counts)), counts)
-
-
 def assign_images(index: CocoIndex, assign_fn: AssignFn, *, min_size: int = 800, max_size: int = 1333,
                   detector: str = "detector") -> Iterator[ImageAssignment]:
     """Assign every image of ``index`` (one image per batch) and yield its per-level counts.
@@ -130,7 +124,6 @@ def assign_images(index: CocoIndex, assign_fn: AssignFn, *, min_size: int = 800,
     An image without boxes is assigned too and yields zero positives (its anchors still count).
     """
     num_classes = index.num_classes
-    level_index_cache: dict[tuple[int, ...], torch.Tensor] = {}
     for record in index.images:
         new_width, new_height = resized_size(record.width, record.height, min_size, max_size)
         with torch.no_grad(), single_thread():
@@ -139,11 +132,10 @@ def assign_images(index: CocoIndex, assign_fn: AssignFn, *, min_size: int = 800,
             if len(per_level) != len(LEVELS):
                 raise ValueError(f"{detector}: assign_targets returned {len(per_level)} levels, expected "
                                  f"{len(LEVELS)} (P3..P7)")
-            if per_level not in level_index_cache:
-                level_index_cache[per_level] = _level_index(per_level)
             labels = result.labels[0]
             positive = (labels >= 0) & (labels < num_classes)
-            num_positive = torch.bincount(level_index_cache[per_level][positive], minlength=len(LEVELS))
+            level_index = level_index_for(per_level, labels.device)
+            num_positive = torch.bincount(level_index[positive], minlength=len(LEVELS))
             ious = getattr(result, "ious", None)
             positive_ious = ious[0][positive].float() if ious is not None else torch.zeros(int(positive.sum()))
             item = ImageAssignment(

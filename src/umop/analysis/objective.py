@@ -109,3 +109,32 @@ def loss_gradient_norms(model: nn.Module, images: list[torch.Tensor],
                 if name in saved_buffers and saved_buffers[name].shape == buffer.shape:
                     buffer.copy_(saved_buffers[name])
     return norms
+
+
+class ObjectiveLogHook:
+    """Training-log hook (:mod:`umop.engine.hooks`): every ``every`` iterations, the gradient norm of each
+    loss at the FPN features, logged as ``objective/grad_norm/<loss>`` (survey Fig. 14).
+
+    ``hook(model, images, targets) -> {"objective/grad_norm/loss_cls": float, ...}``; a model without a
+    ``backbone`` raises ValueError (the trainer then switches the hook off with a warning).
+    """
+
+    name = "objective"
+
+    def __init__(self, every: int) -> None:
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        self.every = int(every)
+        self.enabled = True
+
+    def __call__(self, model: nn.Module, images: list[torch.Tensor],
+                 targets: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+        norms = loss_gradient_norms(model, images, targets)
+        return {f"objective/grad_norm/{key}": float(value) for key, value in norms.items()}
+
+
+def objective_log_hooks(config: Any) -> list[ObjectiveLogHook]:
+    """The hooks that config key ``log.objective_every`` asks for (none when it is 0); registered as the
+    ``"objective"`` log-hook factory by ``umop/__init__.py``."""
+    every = config.log.objective_every
+    return [ObjectiveLogHook(every)] if every > 0 else []

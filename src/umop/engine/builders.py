@@ -29,7 +29,7 @@ def build_model(model_config: ModelConfig, num_classes: int | None = None) -> nn
         num_classes if num_classes is not None else model_config.num_classes,
         backbone=model_config.backbone,
         pretrained_backbone=model_config.pretrained_backbone,
-        cls_loss=model_config.cls_loss,
+        **model_config.component_arguments(),
         **model_config.options,
     )
 

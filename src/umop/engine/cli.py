@@ -21,7 +21,7 @@ CONFIG_SUFFIXES = (".yaml", ".yml")
 def _add_overrides(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="override config values, e.g. --set solver.lr=0.005 batch_size=8 "
-                             "data.min_size=[640,800] model.options.delta=0.5 (keys: umop config show NAME)")
+                             "data.min_size=[640,800] model.cls_loss_options.delta=0.5 (keys: umop config show NAME)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -3,11 +3,13 @@
 A config file is a nested mapping whose sections mirror :class:`Config`::
 
     _base_: atss_focal.yaml          # optional, path relative to this file (or a packaged config name)
-    model: {name: atss, cls_loss: pfl, options: {gamma: 2.0, delta: 0.5}}
+    model: {name: atss, cls_loss: pfl, cls_loss_options: {gamma: 2.0, delta: 0.5}}
     solver: {lr: 0.01, epochs: 12, steps: [8, 11]}
 
 Unknown keys and values of the wrong type fail with a :class:`ConfigError` naming the key and the nearest
 valid key (``difflib.get_close_matches``), e.g. ``unknown config key 'solver.lrr' (did you mean 'solver.lr'?)``.
+The model section is checked against :mod:`umop.models.build` when the config is loaded (detector name and
+options, each component's name and typed options, the combination), before any data is touched.
 """
 
 from __future__ import annotations
@@ -52,8 +54,12 @@ def _section(cls: type, meaning: str) -> Any:
 class ModelConfig:
     """Arguments of :func:`umop.models.build_detector`.
 
-    ``options`` holds the detector- and loss-specific keyword arguments (e.g. PFL ``gamma``, ``delta``,
-    ``w``, ``estimator``; ``fpn_channels``); it is passed through unchecked.
+    Each remedy is a name with its typed options: ``cls_loss`` (``umop.losses.CLS_LOSSES``; empty = the
+    detector's default) + ``cls_loss_options`` (e.g. PFL ``{gamma: 2.0, delta: 0.5, estimator: official}``),
+    ``box_loss`` + ``box_loss_options`` (``umop.losses.BOX_LOSSES``), ``sampler`` + ``sampler_options``
+    (``umop.samplers.SAMPLERS``), ``reweighting`` + ``reweighting_options`` (``pisa``). ``options`` holds the
+    detector's and the backbone's keyword arguments (``fpn_channels``, ``score_thresh``, ``loss_weights``, ...).
+    All are validated when the config is loaded (unknown name or option: the nearest valid one).
     """
 
     name: str = _opt("atss", "detector: retinanet | atss | fcos | vfnet")
@@ -61,9 +67,35 @@ class ModelConfig:
     backbone: str = _opt("resnet50", "backbone: resnet18/34/50/101, resnext..., or a timm name (swin_t, timm:<model>)")
     pretrained_backbone: bool = _opt(False, "start the backbone from ImageNet weights (downloaded by torchvision, "
                                             "or model.options.backbone_weights=FILE)")
-    cls_loss: str = _opt("focal", "classification loss: focal | pfl | pfl_mean | ... (see umop.losses)")
-    options: dict = _opt({}, "detector/loss keyword arguments, e.g. fpn_channels, gamma, delta, w, estimator, "
-                             "score_thresh, backbone_weights=FILE")
+    cls_loss: str = _opt("", "classification loss: focal | pfl | pfl_mean | varifocal | quality_focal | ghm_c | "
+                             "ap_loss | alrp | rank_sort (umop.losses.CLS_LOSSES; empty: the detector's default)")
+    cls_loss_options: dict = _opt({}, "the classification loss's options, e.g. PFL {gamma, delta, w, estimator}")
+    box_loss: str = _opt("", "box loss: l1 | smooth_l1 | balanced_l1 | ghm_r | kl | iou | giou | diou | ciou | "
+                             "bounded_iou (umop.losses.BOX_LOSSES; empty: the detector's default)")
+    box_loss_options: dict = _opt({}, "the box loss's options, e.g. kl {beta, var_voting, sigma_t}")
+    sampler: str = _opt("", "sampler: ohem | iou_balanced | random (umop.samplers.SAMPLERS; empty: none)")
+    sampler_options: dict = _opt({}, "the sampler's options, e.g. ohem {neg_pos_ratio}")
+    reweighting: str = _opt("", "sample reweighting: pisa (empty: none)")
+    reweighting_options: dict = _opt({}, "the reweighting's options, e.g. pisa {isr_k, carl_k, carl_bias}")
+    options: dict = _opt({}, "detector and backbone keyword arguments, e.g. fpn_channels, score_thresh, "
+                             "loss_weights, backbone_weights=FILE (docs/REMEDIES.md)")
+
+    def component_specs(self) -> dict[str, tuple[str | None, dict]]:
+        """Component key -> ``(name or None = the detector's default, options)``, as
+        :func:`umop.models.build.build_components` takes them."""
+        return {key: (getattr(self, key) or None, dict(getattr(self, f"{key}_options"))) for key in MODEL_COMPONENTS}
+
+    def component_arguments(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`umop.models.build_detector` for the components."""
+        arguments: dict[str, Any] = {}
+        for key, (value, options) in self.component_specs().items():
+            arguments[key], arguments[f"{key}_options"] = value, options
+        return arguments
+
+
+MODEL_COMPONENTS = ("cls_loss", "box_loss", "sampler", "reweighting")  # = umop.models.build.COMPONENTS
+# the free-form mappings of the model section (their keys are checked by umop.models.build, not here)
+MODEL_OPTION_KEYS = ("options",) + tuple(f"{key}_options" for key in MODEL_COMPONENTS)
 
 
 @dataclass
@@ -221,9 +253,9 @@ def resolve_config_path(name_or_path: str | Path, relative_to: Path | None = Non
 def _deep_merge(base: dict, update: dict) -> dict:
     out = copy.deepcopy(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "options":
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in MODEL_OPTION_KEYS:
             out[key] = _deep_merge(out[key], value)
-        elif isinstance(value, dict) and isinstance(out.get(key), dict):  # model.options: merged too
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):  # model.*options: merged one level
             out[key] = {**out[key], **value}
         else:
             out[key] = copy.deepcopy(value)
@@ -282,12 +314,11 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     """Check / convert ``value`` to the annotated type ``hint``; raise ConfigError naming ``key``."""
     origin = typing.get_origin(hint)
     if origin in (Union, types.UnionType):
-        errors = []
         for option in typing.get_args(hint):
             try:
                 return _coerce(value, option, key, source)
-            except ConfigError as error:
-                errors.append(str(error))
+            except ConfigError:
+                pass
         raise ConfigError(f"{source}config key '{key}' expects {_type_name(hint)}, got {value!r}")
     if hint is Any:
         return value
@@ -381,6 +412,19 @@ def validate_config(config: Config) -> None:
     for ok, key, message in checks:
         if not ok:
             raise ConfigError(f"config key '{key}' {message}, got {_get(config, key)!r}")
+    validate_model(config.model)
+
+
+def validate_model(model: ModelConfig) -> None:
+    """Check the detector name, its options and every component name / option / combination against
+    :mod:`umop.models.build` (nothing is built); ConfigError naming the config key and the nearest name."""
+    # imported here: ``umop config show`` / ``umop -h`` read configs without loading torch
+    from ..models.build import check_model_options
+
+    try:
+        check_model_options(model.name, model.component_specs(), model.options)
+    except ValueError as error:
+        raise ConfigError(f"config section 'model': {error}") from None
 
 
 def _get(config: Config, key: str) -> Any:
@@ -411,14 +455,15 @@ def parse_override(text: str) -> tuple[str, Any]:
 def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
     """Apply ``key.sub=value`` overrides to a nested config dict (returns a new dict).
 
-    Keys are checked against :class:`Config`; ``model.options.<name>`` keys are free-form.
+    Keys are checked against :class:`Config`; the keys below ``model.options`` and ``model.*_options`` are
+    checked when the config is built (:func:`validate_model`).
     """
     data = copy.deepcopy(data)
     valid = set(_valid_keys(Config))
     for text in overrides or []:
         key, value = parse_override(text)
         parts = key.split(".")
-        is_option = parts[:2] == ["model", "options"] and len(parts) >= 3
+        is_option = len(parts) >= 3 and parts[0] == "model" and parts[1] in MODEL_OPTION_KEYS
         if key not in valid and not is_option:
             raise _unknown_key_error(key, "--set: ")
         node = data

@@ -30,6 +30,7 @@ from .builders import (EpochSeededDataset, build_dataset, build_eval_loader, bui
 from .checkpoint import (get_rng_states, load_checkpoint, load_model_state, save_checkpoint, seed_everything,
                          set_rng_states)
 from .config import Config, ConfigError, config_to_dict, save_config
+from .hooks import LogHook, log_hooks_for, registered_log_hooks
 from .distributed import all_reduce_sum, barrier, get_world_size, init_distributed, is_distributed, is_main_process
 from .inference import evaluate_model
 from .logger import RunLogger, level_statistics, truncate_log
@@ -110,8 +111,14 @@ class Trainer:
 
     def __init__(self, config: Config, run_dir: str | Path | None = None, resume: str | Path | None = None,
                  *, model: nn.Module | None = None, train_dataset: Dataset | None = None,
-                 val_dataset: Dataset | None = None, overwrite: bool = False) -> None:
+                 val_dataset: Dataset | None = None, overwrite: bool = False,
+                 log_hooks: Sequence[LogHook] | None = None) -> None:
         self.config = config
+        # log hooks: given, else those registered for this config (umop.analysis registers "objective")
+        self.log_hooks = list(log_hooks) if log_hooks is not None else log_hooks_for(config)
+        if config.log.objective_every > 0 and log_hooks is None and "objective" not in registered_log_hooks():
+            warnings.warn("log.objective_every is set but no 'objective' log hook is registered: import "
+                          "umop.analysis (the umop CLI does) or pass log_hooks=", stacklevel=2)
         self.run_dir = Path(run_dir or config.output_dir or Path("runs") / (config.name or "run"))
         self.device = init_distributed(config.device)
         self.is_main = is_main_process()
@@ -488,7 +495,7 @@ class Trainer:
                     eta = min(eta, max(0.0, self._deadline - time.perf_counter()))
                 if (self.iteration % config.log.every == 0 or step == first_step
                         or objective_every > 0 and self.iteration % objective_every == 0):
-                    meters = {**self.timer.window(), "eta": round(eta, 1),
+                    meters = {**self.timer.window(), "eta": round(eta, 3),
                               "memory": round(memory_mb(self.device), 1)}
                     self._bar_meters = {"time": f"{meters['time']:.3f}", "data": f"{meters['data_time']:.3f}",
                                         "mem": f"{meters['memory']:.0f}M"}
@@ -592,35 +599,31 @@ class Trainer:
                      for k, v in stats.items() if isinstance(v, torch.Tensor)}
         entry.update(scalars)
         entry.update(level_statistics(stats))
-        every = self.config.log.objective_every
-        if every > 0 and self.iteration % every == 0 and self._objective_available:
-            entry.update(self._objective_norms(images, targets))
+        for hook in self.log_hooks:
+            if hook.enabled and self.iteration % hook.every == 0:
+                entry.update(self._run_log_hook(hook, images, targets))
         if self.logger is not None:
             self.logger.log(entry)
 
-    _objective_available = True
-
-    def _objective_norms(self, images: list[torch.Tensor], targets: list[dict[str, Any]]) -> dict[str, float]:
-        """Per-loss gradient norms at the FPN features (``log.objective_every``), without touching the RNG."""
-        try:
-            from ..analysis.objective import loss_gradient_norms
-        except ImportError:  # pragma: no cover - analysis ships with the package
-            return {}
+    def _run_log_hook(self, hook: LogHook, images: list[torch.Tensor], targets: list[dict[str, Any]]
+                      ) -> dict[str, float]:
+        """One log hook's entries (e.g. the per-loss gradient norms of ``log.objective_every``), without touching
+        the RNG; a hook that cannot run on this model (ValueError) or runs out of CUDA memory is switched off
+        with a warning."""
         states = get_rng_states()
         try:
-            norms = loss_gradient_norms(self.model, images, targets)
-        except (ValueError, torch.cuda.OutOfMemoryError) as error:  # a model without `backbone`; no memory
-            self._objective_available = False
+            return hook(self.model, images, targets)
+        except (ValueError, torch.cuda.OutOfMemoryError) as error:
+            hook.enabled = False
             if isinstance(error, torch.cuda.OutOfMemoryError):
                 torch.cuda.empty_cache()
             if self.is_main:
-                warnings.warn(f"log.objective_every: gradient norms are not available for this model ({error}); "
-                              f"not logged", stacklevel=2)
+                warnings.warn(f"log hook {hook.name!r}: not available for this model ({error}); not logged",
+                              stacklevel=2)
             return {}
         finally:
             set_rng_states(states)
             self.model.train()
-        return {f"objective/grad_norm/{k}": float(v) for k, v in norms.items()}
 
     # ------------------------------------------------------------------------------------------- evaluation
     def evaluate(self) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from ..assigners.common import pad_targets
 from ..losses.progressive import progressive_focal_loss
-from ..models.detector import one_hot_targets
+from ..structures.targets import one_hot_targets
 
 __all__ = ["use_progressive_focal_loss", "freeze_batchnorm"]
 

@@ -17,7 +17,7 @@ from .iou import (BoundedIoULoss, CIoULoss, DIoULoss, GIoULoss, IoULoss, aligned
                   ciou_loss, diou_loss, giou_loss, iou_loss)
 from .kl import KLLoss, kl_loss, variance_voting
 from .pisa import PISA, CARLLoss, carl_loss, hierarchical_local_rank, isr_p
-from .prior_levels import level_index_for, level_matrix_for
+from ..structures.levels import level_index_for, level_matrix_for
 from .progressive import ProgressiveFocalLoss, check_pfl_options, progressive_focal_loss
 from .quality_focal import QualityFocalLoss, quality_focal_loss
 from .rank_sort import RankSortLoss, rank_sort_loss

@@ -49,8 +49,8 @@ from typing import ClassVar, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..structures.levels import level_matrix_for
 from .fused_focal import last_dim_sums
-from .prior_levels import level_matrix_for
 from .reduction import REDUCTIONS, check_reduction
 
 __all__ = ["ClassificationLoss", "BoxLoss", "level_statistics", "check_classification_inputs"]

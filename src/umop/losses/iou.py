@@ -169,9 +169,9 @@ def ciou_loss(
     _check_boxes(pred, target)
     iou, penalty = _diou_terms(pred, target, eps)
     w_pred = pred[..., 2] - pred[..., 0]
-    h_pred = pred[..., 3] - pred[..., 1]
+    h_pred = pred[..., 3] - pred[..., 1] + eps  # + eps (mmdetection): a zero-size box gives atan(0/0) = NaN
     w_gt = target[..., 2] - target[..., 0]
-    h_gt = target[..., 3] - target[..., 1]
+    h_gt = target[..., 3] - target[..., 1] + eps
     v = (4 / math.pi ** 2) * (torch.atan(w_gt / h_gt) - torch.atan(w_pred / h_pred)).pow(2)
     with torch.no_grad():
         alpha = v / (1 - iou + v + eps)

@@ -42,14 +42,14 @@ import warnings
 from typing import Sequence
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
 from ._precision import upcast_low_precision
 from .base import ClassificationLoss, check_classification_inputs
+from ..distributed import all_reduce_sum
+from ..structures.levels import level_index_for, level_matrix_for
 from .fused_focal import (binary_focal_prelude, binary_modulated_terms, binary_violation, last_dim_dots,
                           last_dim_sums, scale_saved_gradient, signed_alpha_gradient)
-from .prior_levels import level_index_for, level_matrix_for
 
 __all__ = ["progressive_focal_loss", "ProgressiveFocalLoss", "check_pfl_options", "level_index_for",
            "ESTIMATORS", "LEVEL_REDUCTIONS"]
@@ -123,8 +123,8 @@ class ProgressiveFocalLossFunction(torch.autograd.Function):
         if valid is not None:
             per_anchor = per_anchor * valid
         level_sums = per_anchor.sum(1) @ level_matrix                                  # (2, L)
-        if sync and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(level_sums)
+        if sync:
+            level_sums = all_reduce_sum(level_sums)  # identity in one process
         gamma_ad, alpha_ad = _adaptive_parameters(level_sums, gamma, delta, w, estimator)
 
         # ---- focal loss with one (alpha, gamma) per level ----------------------------------------------

@@ -70,7 +70,8 @@ class DeltaXYWHBoxCoder:
 
 
 class DistancePointCoder:
-    """FCOS: box <-> distances ``(l, t, r, b)`` from a point (FCOS Eq. 1).
+    """FCOS: distances ``(l, t, r, b)`` from a point -> box (FCOS Eq. 1). Decode only: the FCOS assigner
+    computes the distance targets, and the box losses of FCOS / VFNet work on decoded boxes.
 
     ``points``: ``(..., 2)`` ``(x, y)`` or ``(..., 4)`` zero-size boxes ``[x, y, x, y]`` (the prior format of
     :class:`umop.models.anchors.PointGenerator`); ``normalizer``: optional ``(...,)`` divisor (stride) of
@@ -82,14 +83,6 @@ class DistancePointCoder:
         if points.shape[-1] == 4:
             return 0.5 * (points[..., 0] + points[..., 2]), 0.5 * (points[..., 1] + points[..., 3])
         return points[..., 0], points[..., 1]
-
-    def encode(self, boxes: Tensor, points: Tensor, normalizer: Optional[Tensor] = None) -> Tensor:
-        """boxes ``(..., 4)`` -> distances ``(..., 4)`` (negative when the point is outside the box)."""
-        x, y = self._xy(points)
-        distances = torch.stack((x - boxes[..., 0], y - boxes[..., 1], boxes[..., 2] - x, boxes[..., 3] - y), dim=-1)
-        if normalizer is not None:
-            distances = distances / normalizer.unsqueeze(-1)
-        return distances
 
     def decode(self, distances: Tensor, points: Tensor, normalizer: Optional[Tensor] = None) -> Tensor:
         """distances ``(..., 4)`` -> boxes ``(..., 4)`` xyxy."""

@@ -1,6 +1,7 @@
 """``OneStageDetector``: the shared body of RetinaNet, ATSS, FCOS and VFNet.
 
-The base class does everything that does not depend on the detector:
+The detector produces the training targets and calls the loss components it was given (DETR's model /
+criterion split, torchvision's constructor injection, mmdetection's one loss convention):
 
 1. input checks, ImageNet normalisation, zero padding (bottom / right) to a multiple of 32 -- no resizing;
 2. ``features = self.backbone(batch)`` (list P3..P7), ``head_outputs = self.head(features)``;
@@ -8,72 +9,122 @@ The base class does everything that does not depend on the detector:
    per-image valid flags ``(B, A)`` (mmdetection's rule: inside the image's own size padded to /32; priors in
    the padding added for a larger image of the batch are invalid), when ``uses_valid_flags`` (RetinaNet,
    ATSS, VFNet; not FCOS, whose mmdetection head has none);
-4. training: padded ground truth -> ``self.assign(...)`` -> ``self.compute_losses(...)``;
+4. training: padded ground truth -> ``self.assign(...)`` -> :meth:`compute_losses`, which builds the targets
+   (one-hot labels, prior weights, box targets, box weights, ``avg_factor``) and calls the injected modules:
+   ``cls_loss`` (:class:`umop.losses.ClassificationLoss`), ``box_loss`` (:class:`umop.losses.BoxLoss`), an
+   optional ``sampler`` (:class:`umop.samplers.Sampler`) and an optional sample ``reweighting`` (PISA);
+   every ``"loss_*"`` term is multiplied by the detector's weight table ``loss_weights``;
    inference: ``self.postprocess(...)`` (as mmdetection's ``_predict_by_feat_single`` +
    ``_bbox_post_process``: per level the top-k of the class scores above the score threshold, times the
-   optional score factors (centerness), decode, clip, drop zero-area boxes, class-wise NMS, cap);
-5. the classification-loss switch (``cls_loss``: focal / pfl / pfl_mean) in :meth:`classification_loss`.
+   optional score factors (centerness), decode, clip, drop zero-area boxes, class-wise NMS, cap).
+
+What the detector computes for a loss that asks for it (the module's class attributes):
+``needs_quality`` -> ``quality`` = IoU of each positive's decoded box with its gt (VFNet's refined box);
+``needs_loc_error`` -> ``loc_error`` = the box loss of each prior (aLRP); ``replaces_box_loss`` -> the loss
+returns ``loss_box`` itself; a box loss with ``needs_log_var`` -> the head's log-variance branch (KL loss).
 
 What a subclass provides
 ------------------------
 - ``head``: ``nn.Module``, ``forward(features: list[Tensor]) -> dict[str, Tensor]`` with at least
-  ``"cls_logits"`` ``(B, A, C)`` and the box output (default key ``"bbox_regression"``, ``(B, A, 4)``),
-  anchors ordered level-major, location-major (row-major), anchor-minor -- the order of the priors.
-- ``prior_generator``: :class:`umop.models.anchors.AnchorGenerator` / ``PointGenerator`` (passed to
-  ``__init__``).
-- ``assign(priors (A, 4), num_priors_per_level, gt: PaddedTargets) -> AssignResult``: geometry only,
-  batched (see :mod:`umop.assigners`).
-- ``compute_losses(head_outputs, priors, assign_result, gt) -> dict``: returns ``"loss_*"`` scalars and
-  ``"stats"``; use :meth:`classification_loss` for the classification term so that ``cls_loss`` works.
-- optionally ``predict_scores(head_outputs) -> (B, A, C)`` class probabilities that are thresholded and
-  ranked (default: sigmoid of cls_logits), ``score_factors(head_outputs) -> (B, A) | None`` multiplied into
-  the kept scores before NMS (ATSS / FCOS: sigmoid of the centerness) and ``decode_boxes(head_outputs,
-  priors, image_index, prior_index) -> (B, K, 4)`` (default: ``self.box_coder.decode`` of
-  ``head_outputs[self.box_output_key]``).
+  ``"cls_logits"`` ``(B, A, C)`` and the box output ``"bbox_regression"`` ``(B, A, 4)`` (deltas or distances,
+  decoded by ``self.box_coder``; with a KL box loss also ``"bbox_log_var"`` ``(B, A, 4)``), priors ordered
+  level-major, location-major (row-major), anchor-minor -- the order of the priors.
+- ``prior_generator``, ``assigner`` (``(priors (A, 4), num_priors_per_level, gt) -> AssignResult``) and
+  ``box_coder`` (``decode``; ``encode`` where deltas losses apply: ``has_delta_coder``).
+- ``loss_weights``: the weight of every loss term, e.g. ``{"loss_cls": 1.0, "loss_box": 2.0,
+  "loss_centerness": 1.0}`` (class attribute ``default_loss_weights``; overridable per instance).
+- optionally :meth:`box_weights` (per prior weight of the box loss and its ``avg_factor``; default: the
+  positives and their count), :meth:`extra_losses` (e.g. the centerness loss), ``box_outputs`` (head output
+  key per box-loss term; VFNet trains an initial and a refined box), :meth:`predict_scores` (the class
+  probabilities that the score threshold and the pre-NMS top-k see), :meth:`score_factors` (``(B, A)``
+  multiplied into the kept scores before NMS; ATSS / FCOS: the centerness), :meth:`classification_weight`.
 """
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any, Mapping, Optional, Sequence
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
 from ..assigners.common import AssignResult, PaddedTargets, pad_targets, validate_targets
+from ..distributed import mean_over_processes
+from ..losses import BOX_LOSSES, CLS_LOSSES, PISA, BoxLoss, ClassificationLoss, sigmoid_focal_loss
 from ..losses._precision import upcast_low_precision
-from ..losses.progressive import level_index_for, level_matrix_for
+from ..losses.iou import aligned_box_iou
+from ..losses.kl import variance_voting
+from ..samplers import REWEIGHTINGS, SAMPLERS, IoUBalancedSampler, Sampler
+from ..structures.levels import level_index_for
+from ..structures.targets import masked_box_pairs, matched_gt_boxes, one_hot_targets
 from .backbone import feature_size
 
-__all__ = ["OneStageDetector", "CLS_LOSSES", "one_hot_targets"]
-
-CLS_LOSSES = ("focal", "pfl", "pfl_mean")
-_PFL_LEVEL_REDUCTION = {"pfl": "sum", "pfl_mean": "mean"}
+__all__ = ["OneStageDetector", "LossInputs", "check_components"]
 
 
-def one_hot_targets(labels: Tensor, positive: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
-    """``(B, A, C)`` one-hot targets from labels ``(B, A)`` (rows of zeros for background / ignored priors),
-    built with one scatter (no ``(B, A, C + 1)`` int64 intermediate)."""
-    targets = torch.zeros(*labels.shape, num_classes, dtype=dtype, device=labels.device)
-    index = labels.clamp(min=0, max=num_classes - 1).unsqueeze(-1)
-    return targets.scatter_(-1, index, positive.unsqueeze(-1).to(dtype))
+class LossInputs:
+    """What the detector prepared for its losses (one training step; ``B`` images, ``A`` priors).
 
-
-
-def mean_over_processes(value: Tensor) -> Tensor:
-    """Mean of a (detached) scalar over the ``torch.distributed`` processes; identity in one process.
-
-    Loss normalisers (positive counts, weight sums) go through this, as mmdetection's ``reduce_mean``:
-    with the per-process losses divided by the *mean* count, DDP's gradient average equals the gradient
-    of one process that holds the whole global batch.
+    positive: ``(B, A)`` bool; positive_f: the same as float; avg_factor: the batch's positive count averaged
+    over processes, >= 1 (mmdetection ``reduce_mean``); matched_boxes: ``(B, A, 4)`` gt box of each prior;
+    :meth:`decoded` (head-output key -> ``(B, A, 4)`` decoded boxes) and :attr:`quality` (``(B, A)`` detached
+    IoU of the main decoded box with its gt at the positives, clamped >= 1e-6, 0 elsewhere) are computed on
+    first use only; extras: targets a detector computes once for several terms (e.g. the centerness target).
     """
-    value = value.detach()
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        value = value.clone()
-        dist.all_reduce(value)
-        value = value / dist.get_world_size()
-    return value
+
+    def __init__(self, head_outputs: dict[str, Tensor], priors: Tensor, assign_result: AssignResult,
+                 positive: Tensor, avg_factor: Tensor, matched_boxes: Tensor, box_coder: Any) -> None:
+        self.head_outputs, self.priors, self.assign_result = head_outputs, priors, assign_result
+        self.positive, self.positive_f = positive, positive.to(head_outputs["cls_logits"].dtype)
+        self.avg_factor, self.matched_boxes = avg_factor, matched_boxes
+        self.box_coder = box_coder
+        self.extras: dict[str, Tensor] = {}
+        self._decoded: dict[str, Tensor] = {}
+
+    def decoded(self, output_key: str) -> Tensor:
+        """``(B, A, 4)`` boxes decoded from the head output ``output_key`` at every prior."""
+        if output_key not in self._decoded:
+            self._decoded[output_key] = self.box_coder.decode(self.head_outputs[output_key], self.priors.unsqueeze(0))
+        return self._decoded[output_key]
+
+    @cached_property
+    def quality(self) -> Tensor:
+        """IoU of the main decoded box with its gt (VFNet Sec. 3.1 target), detached."""
+        decoded = self.decoded("bbox_regression")  # outside no_grad: the cached boxes feed the box loss too
+        with torch.no_grad():
+            iou = aligned_box_iou(*masked_box_pairs(decoded, self.matched_boxes, self.positive))
+            return iou.clamp(min=1e-6) * self.positive_f
+
+
+def check_components(detector: str, cls_loss: ClassificationLoss, box_loss: BoxLoss, sampler: Optional[Sampler],
+                     reweighting: Optional[nn.Module], *, has_delta_coder: bool, supports_log_var: bool,
+                     has_prior_ious: bool) -> None:
+    """ValueError naming both parts when a combination makes no sense (called when a detector is built)."""
+    cls_name, box_name = type(cls_loss).__name__, type(box_loss).__name__
+    if sampler is not None and not cls_loss.accepts_sampler:
+        raise ValueError(f"sampler {type(sampler).__name__} cannot be used with cls_loss {cls_name}: a ranking "
+                         "loss ranks every prior of the batch and takes no sampled subset")
+    if isinstance(sampler, IoUBalancedSampler) and not has_prior_ious:
+        raise ValueError(f"sampler {type(sampler).__name__} needs the priors' IoU with the gt, which detector "
+                         f"{detector} (point priors) does not have")
+    if cls_loss.needs_loc_error and box_loss.space != "boxes":
+        raise ValueError(f"cls_loss {cls_name} needs the localisation error of each positive in [0, 1] (aLRP Eq. 9; "
+                         f"RS: GIoU), but box_loss {box_name} works on encoded deltas; use box_loss giou (or iou, "
+                         "diou, ciou, bounded_iou)")
+    if box_loss.space == "deltas" and not has_delta_coder:
+        raise ValueError(f"box_loss {box_name} works on encoded deltas, but detector {detector} has no delta "
+                         "box coder (its box output is a distance); use a box loss on decoded boxes (iou, giou, "
+                         "diou, ciou, bounded_iou)")
+    if box_loss.needs_log_var and not supports_log_var:
+        raise ValueError(f"box_loss {box_name} needs a predicted variance, which the head of detector "
+                         f"{detector} does not have")
+    if reweighting is not None and cls_loss.replaces_box_loss:
+        raise ValueError(f"reweighting {type(reweighting).__name__} cannot be used with cls_loss {cls_name}, "
+                         "which produces the box loss itself")
+    if reweighting is not None and not cls_loss.accepts_sampler:
+        raise ValueError(f"reweighting {type(reweighting).__name__} cannot be used with cls_loss {cls_name}: "
+                         "a ranking loss takes no prior weights")
 
 
 class OneStageDetector(nn.Module):
@@ -84,31 +135,31 @@ class OneStageDetector(nn.Module):
         head: see the module docstring.
         prior_generator: ``(feature_sizes, device, dtype) -> (priors (A, 4), num_priors_per_level)``.
         num_classes: ``C`` (no background class).
-        cls_loss: ``"focal"`` (Lin et al. 2017), ``"pfl"`` (UMOP progressive focal loss, levels summed as in
-            the released code) or ``"pfl_mean"`` (UMOP Eq. 1, mean over levels). Subclasses may accept more
-            (VFNet: ``"varifocal"``).
-        gamma, alpha: focal loss parameters (alpha is used by ``"focal"``; PFL uses ``alpha_ad = w / gamma_ad``).
-        delta, w, estimator: PFL parameters (UMOP Eq. 3-4), see :func:`umop.losses.progressive_focal_loss`.
-        pfl_options: further keyword arguments of ``progressive_focal_loss`` (e.g. ``sync``).
+        cls_loss: a :class:`umop.losses.ClassificationLoss` or a registered name (``umop.losses.CLS_LOSSES``,
+            default options); default: the detector's ``default_cls_loss``.
+        box_loss: a :class:`umop.losses.BoxLoss` or a registered name (``umop.losses.BOX_LOSSES``); default:
+            the detector's ``default_box_loss``.
+        sampler: optional :class:`umop.samplers.Sampler` (or name): zero weight for unselected negatives.
+        reweighting: optional PISA (:class:`umop.losses.PISA` or ``"pisa"``): ISR-P weights of the positives
+            + the CARL loss (``loss_carl``). ISR-P keeps the positives' total classification loss, measured
+            with the sigmoid focal loss (PISA's RetinaNet setting) whatever ``cls_loss`` is.
+        loss_weights: weight of each loss term, merged over the detector's ``default_loss_weights``.
         image_mean, image_std: normalisation (ImageNet by default).
         size_divisible: pad height and width up to a multiple of this.
-        score_thresh, nms_thresh, detections_per_img, topk_candidates: inference settings, mmdetection's
-            ``test_cfg`` of each detector's 1x config: ``score_thr`` 0.05, ``max_per_img`` 100, ``nms_pre``
-            1000 per level, NMS IoU ``default_nms_thresh`` of the class (RetinaNet 0.5, ATSS 0.6, FCOS 0.5,
-            VFNet 0.6) when ``nms_thresh`` is None; ``min_bbox_size`` 0: boxes of zero width or height
-            after clipping are dropped.
-
-    Class attributes of a subclass: ``default_nms_thresh``; ``uses_valid_flags`` (priors in another
-    image's padding are left out of assignment and losses); ``clamp_positives_per_image`` (the loss
-    normaliser is ``sum_i max(pos_i, 1)`` as mmdetection's ``AnchorHead`` / ``ATSSHead``, else
-    ``max(sum_i pos_i, 1)`` as its ``FCOSHead`` / ``VFNetHead``).
+        score_thresh, nms_thresh, detections_per_img, topk_candidates: inference settings (mmdetection 1x:
+            0.05, 0.6, 100, 1000 per level).
     """
 
-    box_output_key = "bbox_regression"
-    valid_cls_losses: tuple[str, ...] = CLS_LOSSES
-    default_nms_thresh: float = 0.6
-    uses_valid_flags: bool = True
-    clamp_positives_per_image: bool = False
+    box_outputs: dict[str, str] = {"loss_box": "bbox_regression"}  # loss term -> head output key
+    default_cls_loss = "focal"
+    default_box_loss = "l1"
+    default_loss_weights: dict[str, float] = {"loss_cls": 1.0, "loss_box": 1.0}
+    has_delta_coder = False    # box_coder.encode gives regression deltas (a deltas box loss applies)
+    supports_log_var = False   # the head can grow a log-variance branch (KL loss)
+    has_prior_ious = True      # assign_result.ious is the prior box's IoU with its gt (IoU-based samplers)
+    default_nms_thresh: float = 0.6   # mmdetection test_cfg NMS IoU of the detector
+    uses_valid_flags: bool = True     # priors in another image's padding leave assignment and losses
+    clamp_positives_per_image: bool = False  # avg_factor sum_i max(pos_i, 1) (AnchorHead / ATSSHead)
 
     def __init__(
         self,
@@ -117,13 +168,11 @@ class OneStageDetector(nn.Module):
         prior_generator: nn.Module,
         num_classes: int,
         *,
-        cls_loss: str = "focal",
-        gamma: float = 2.0,
-        alpha: float = 0.25,
-        delta: float = 0.5,
-        w: Optional[float] = None,
-        estimator: str = "official",
-        pfl_options: Optional[Mapping[str, Any]] = None,
+        cls_loss: ClassificationLoss | str | None = None,
+        box_loss: BoxLoss | str | None = None,
+        sampler: Sampler | str | None = None,
+        reweighting: PISA | str | None = None,
+        loss_weights: Optional[Mapping[str, float]] = None,
         image_mean: Sequence[float] = (0.485, 0.456, 0.406),
         image_std: Sequence[float] = (0.229, 0.224, 0.225),
         size_divisible: int = 32,
@@ -135,27 +184,35 @@ class OneStageDetector(nn.Module):
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-        if cls_loss not in self.valid_cls_losses:
-            raise ValueError(f"cls_loss must be one of {list(self.valid_cls_losses)}, got {cls_loss!r}")
-        if estimator not in ("official", "paper"):
-            raise ValueError(f"estimator must be 'official' or 'paper', got {estimator!r}")
-        if delta < 0:
-            raise ValueError(f"delta must be >= 0, got {delta}")
         self.backbone = backbone
         self.head = head
         self.prior_generator = prior_generator
         self.num_classes = num_classes
         self.strides: list[int] = list(prior_generator.strides)
-        self.cls_loss = cls_loss
-        self.gamma, self.alpha, self.delta, self.w, self.estimator = gamma, alpha, delta, w, estimator
-        self.pfl_options = dict(pfl_options or {})
+        self.cls_loss = CLS_LOSSES.build(self.default_cls_loss if cls_loss is None else cls_loss)
+        self.box_loss = BOX_LOSSES.build(self.default_box_loss if box_loss is None else box_loss)
+        self.sampler = SAMPLERS.build(sampler) if sampler is not None else None
+        self.reweighting = REWEIGHTINGS.build(reweighting) if reweighting is not None else None
+        check_components(type(self).__name__, self.cls_loss, self.box_loss, self.sampler, self.reweighting,
+                         has_delta_coder=self.has_delta_coder, supports_log_var=self.supports_log_var,
+                         has_prior_ious=self.has_prior_ious)
+        weights = dict(self.default_loss_weights)
+        if self.reweighting is not None:
+            weights["loss_carl"] = 1.0
+        for key, value in (loss_weights or {}).items():
+            if key not in weights:
+                raise ValueError(f"loss_weights: unknown term {key!r} for {type(self).__name__}; "
+                                 f"valid: {sorted(weights)}")
+            weights[key] = float(value)
+        self.loss_weights = weights
+        self.var_voting = bool(getattr(self.box_loss, "var_voting", False))  # KLLoss(var_voting=True)
         self.register_buffer("image_mean", torch.tensor(image_mean, dtype=torch.float32).view(3, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(image_std, dtype=torch.float32).view(3, 1, 1), persistent=False)
         self.size_divisible = size_divisible
+        # inference settings
         self.score_thresh = score_thresh
         self.nms_thresh = self.default_nms_thresh if nms_thresh is None else nms_thresh
-        self.detections_per_img = detections_per_img
-        self.topk_candidates = topk_candidates
+        self.detections_per_img, self.topk_candidates = detections_per_img, topk_candidates
 
     # ------------------------------------------------------------------ subclass interface
     def assign(self, priors: Tensor, num_priors_per_level: list[int], gt: PaddedTargets,
@@ -170,11 +227,30 @@ class OneStageDetector(nn.Module):
             return assigner(priors, num_priors_per_level, gt)
         return assigner(priors, num_priors_per_level, gt, prior_valid=prior_valid)
 
-    def compute_losses(
-        self, head_outputs: dict[str, Tensor], priors: Tensor, assign_result: AssignResult, gt: PaddedTargets
-    ) -> dict[str, Any]:
-        """``"loss_*"`` scalars and ``"stats"`` (subclass)."""
-        raise NotImplementedError(f"{type(self).__name__} must implement compute_losses()")
+    def classification_weight(self, assign_result: AssignResult, dtype: torch.dtype) -> Tensor:
+        """``(B, A)`` weight of each prior in the classification loss: 1 for assigned priors (positive or
+        background), 0 for ignored ones, which include the priors outside their image (valid flags)."""
+        return assign_result.valid_mask.to(dtype)
+
+    def avg_factor(self, positive: Tensor) -> Tensor:
+        """The loss normaliser from the ``(B, A)`` positives, averaged over processes (mmdetection
+        ``reduce_mean``): ``sum_i max(pos_i, 1)`` over the images when ``clamp_positives_per_image``
+        (mmdetection's ``AnchorHead`` / ``ATSSHead``: each image's ``num_pos = max(pos_i, 1)``), else
+        ``max(sum_i pos_i, 1)`` (``FCOSHead`` / ``VFNetHead``)."""
+        if self.clamp_positives_per_image:
+            return mean_over_processes(positive.sum(dim=1, dtype=torch.float32).clamp(min=1).sum())
+        return mean_over_processes(positive.sum(dtype=torch.float32)).clamp(min=1)
+
+    def box_weights(self, inputs: LossInputs) -> dict[str, tuple[Tensor, Tensor]]:
+        """Per box-loss term: the ``(B, A)`` weight of each prior (0 at non-positives) and the ``avg_factor``.
+
+        Default (RetinaNet): every positive weighs 1, divided by the number of positives.
+        """
+        return {key: (inputs.positive_f, inputs.avg_factor) for key in self.box_outputs}
+
+    def extra_losses(self, inputs: LossInputs) -> dict[str, Tensor]:
+        """Detector-specific loss terms beside classification and box (e.g. centerness); unweighted."""
+        return {}
 
     def predict_scores(self, head_outputs: dict[str, Tensor]) -> Tensor:
         """``(B, A, C)`` class probabilities that the score threshold and the pre-NMS top-k see."""
@@ -187,7 +263,7 @@ class OneStageDetector(nn.Module):
 
     def decode_boxes(self, head_outputs: dict[str, Tensor], priors: Tensor, image_index: Tensor, prior_index: Tensor) -> Tensor:
         """Boxes ``(B, K, 4)`` of the selected priors: ``image_index``, ``prior_index`` ``(B, K)`` long."""
-        deltas = head_outputs[self.box_output_key][image_index, prior_index]
+        deltas = head_outputs["bbox_regression"][image_index, prior_index]
         return self.box_coder.decode(deltas, priors[prior_index])
 
     # ------------------------------------------------------------------ input handling
@@ -239,15 +315,6 @@ class OneStageDetector(nn.Module):
         pad_sizes = [(-(-int(h) // d) * d, -(-int(w) // d) * d) for h, w in image_sizes]
         return self.prior_generator.valid_flags(feature_sizes, pad_sizes, device)
 
-    def level_index(self, num_priors_per_level: Sequence[int], device) -> Tensor:
-        """``(A,)`` long: pyramid level of each prior (cached per layout and device, shared with PFL)."""
-        return level_index_for(num_priors_per_level, device)
-
-    def prior_strides(self, num_priors_per_level: Sequence[int], device) -> Tensor:
-        """``(A,)`` float: stride of the level of each prior."""
-        strides = torch.as_tensor(self.strides, dtype=torch.float32, device=device)
-        return strides[self.level_index(num_priors_per_level, device)]
-
     # ------------------------------------------------------------------ public API
     def assign_targets(self, image_size: tuple[int, int], targets: Sequence[Mapping[str, Tensor]],
                        image_sizes: Optional[Sequence[tuple[int, int]]] = None) -> AssignResult:
@@ -283,84 +350,98 @@ class OneStageDetector(nn.Module):
         return self.postprocess(head_outputs, priors, counts, image_sizes)
 
     # ------------------------------------------------------------------ losses
-    def level_counts(self, mask: Tensor, num_priors_per_level: Sequence[int]) -> Tensor:
-        """``(L,)`` float: number of True entries of ``mask (B, A)`` per level, summed over the batch."""
-        per_prior = mask.sum(dim=0, dtype=torch.float32)  # (A,)
-        return per_prior @ level_matrix_for(num_priors_per_level, mask.device, torch.float32)
+    def compute_losses(
+        self, head_outputs: dict[str, Tensor], priors: Tensor, assign_result: AssignResult, gt: PaddedTargets
+    ) -> dict[str, Any]:
+        """Targets -> the injected losses -> ``"loss_*"`` terms weighted by ``loss_weights``, and ``"stats"``.
 
-    def level_statistics(self, assign_result: AssignResult) -> dict[str, Tensor]:
-        """``num_positive`` and ``num_anchors`` ``(L,)`` float, summed over the batch; ``num_anchors`` counts
-        the valid priors only (``assign_result.prior_valid``; all priors when it is None)."""
-        counts = assign_result.num_anchors_per_level
+        Vectorised over the batch; no host synchronisation.
+        """
+        logits = head_outputs["cls_logits"]
+        dtype = logits.dtype
         positive = assign_result.positive_mask
-        if assign_result.prior_valid is None:
-            num_anchors = torch.tensor(counts, dtype=torch.float32, device=positive.device) * positive.shape[0]
+        inputs = LossInputs(head_outputs, priors, assign_result, positive,
+                            self.avg_factor(positive).to(dtype),
+                            matched_gt_boxes(gt.boxes, assign_result.matched_gt), self.box_coder)
+
+        targets = one_hot_targets(assign_result.labels, positive, self.num_classes, dtype)
+        weight = self.classification_weight(assign_result, dtype)
+        if self.sampler is not None:
+            weight = self.sampler(logits.detach(), targets, assign_result.labels, assign_result.ious, weight)
+        box_weights = self.box_weights(inputs)
+        per_prior_box = None
+        if self.cls_loss.needs_loc_error or self.reweighting is not None:
+            per_prior_box = self.per_prior_box_loss(inputs, next(iter(self.box_outputs)))
+        if self.reweighting is not None:  # PISA ISR-P: importance weights of the positives (no gradient)
+            with torch.no_grad():
+                focal = sigmoid_focal_loss(logits.detach(), targets, reduction="none").sum(-1)  # (B, A)
+            weight = self.reweighting.reweight(inputs.quality, assign_result.labels, assign_result.matched_gt, focal,
+                                               weight, self.num_classes)
+
+        result, stats = self.cls_loss(logits, targets, assign_result.num_anchors_per_level, weight,
+                                      inputs.avg_factor, quality=inputs.quality if self.cls_loss.needs_quality else None,
+                                      loc_error=per_prior_box if self.cls_loss.needs_loc_error else None,
+                                      positive=positive)
+        weights = self.loss_weights
+        if isinstance(result, dict):  # aLRP: the classification loss produces the (self-balanced) box loss
+            losses = {key: value * weights["loss_cls"] for key, value in result.items()}
         else:
-            num_anchors = self.level_counts(assign_result.prior_valid, counts)
-        return {"num_positive": self.level_counts(positive, counts), "num_anchors": num_anchors}
+            losses = {"loss_cls": result * weights["loss_cls"]}
+        for key, output_key in self.box_outputs.items():
+            if key not in losses:
+                box_weight, avg_factor = box_weights[key]
+                losses[key] = self.box_loss_term(inputs, output_key, box_weight, avg_factor) * weights[key]
+        for key, value in self.extra_losses(inputs).items():
+            losses[key] = value * weights[key]
+        if self.reweighting is not None:  # PISA CARL
+            losses["loss_carl"] = self.reweighting.carl(logits, assign_result.labels, per_prior_box,
+                                                        inputs.avg_factor) * weights["loss_carl"]
+        losses["stats"] = stats
+        return losses
 
-    def positives(self, assign_result: AssignResult, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
-        """``(positive (B, A) bool, positive as dtype, avg_factor)``.
+    def box_pairs(self, inputs: LossInputs, output_key: str) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """``pred``, ``target`` ``(B * A, 4)`` in the box loss's space (finite everywhere; only positives
+        matter) and the extra keyword arguments (``log_var`` for a KL loss)."""
+        if self.box_loss.space == "boxes":
+            pred, target = masked_box_pairs(inputs.decoded(output_key), inputs.matched_boxes, inputs.positive)
+        else:  # deltas: non-positive priors regress onto themselves so that their (masked) targets stay finite
+            priors_b = inputs.priors.unsqueeze(0).expand_as(inputs.matched_boxes)
+            target_boxes = torch.where(inputs.positive.unsqueeze(-1), inputs.matched_boxes, priors_b)
+            pred, target = inputs.head_outputs[output_key], self.box_coder.encode(target_boxes, priors_b)
+        extra = {}
+        if self.box_loss.needs_log_var:
+            extra["log_var"] = inputs.head_outputs["bbox_log_var"].reshape(-1, 4)
+        return pred.reshape(-1, 4), target.reshape(-1, 4), extra
 
-        The ``avg_factor`` (loss normaliser) is averaged over processes (mmdetection ``reduce_mean``) and is
-        ``sum_i max(pos_i, 1)`` over the images when ``clamp_positives_per_image`` (mmdetection's
-        ``AnchorHead`` / ``ATSSHead``: each image's ``SamplingResult.num_pos = max(pos_i, 1)``), else
-        ``max(sum_i pos_i, 1)`` (``FCOSHead`` / ``VFNetHead``).
-        """
-        positive = assign_result.positive_mask
-        positive_f = positive.to(dtype)
-        if self.clamp_positives_per_image:
-            return positive, positive_f, mean_over_processes(positive_f.sum(dim=1).clamp(min=1).sum())
-        return positive, positive_f, mean_over_processes(positive_f.sum()).clamp(min=1)
+    def box_loss_term(self, inputs: LossInputs, output_key: str, weight: Tensor, avg_factor: Tensor) -> Tensor:
+        """The box loss of one head output: ``sum(weight * loss) / avg_factor`` over the priors."""
+        pred, target, extra = self.box_pairs(inputs, output_key)
+        return self.box_loss(pred, target, weight.reshape(-1), avg_factor, **extra)
 
-    def classification_loss(
-        self,
-        cls_logits: Tensor,
-        assign_result: AssignResult,
-        normalizer: Tensor,
-        targets: Optional[Tensor] = None,
-        weight: Optional[Tensor] = None,
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Classification loss of the configured ``cls_loss``, summed and divided by ``normalizer``.
-
-        Args:
-            cls_logits: ``(B, A, C)``.
-            assign_result: labels ``(B, A)`` (C = background, -1 = ignore).
-            normalizer: scalar tensor, the ``avg_factor`` of :meth:`positives`.
-            targets: optional ``(B, A, C)`` targets (default: one-hot of the labels).
-            weight: optional ``(B, A)`` weights (default: 1 for valid, 0 for ignored priors, which include the
-                priors outside their image; PFL's valid elements are those of weight > 0).
-        Returns:
-            the loss and stats: ``num_positive``, ``num_anchors`` ``(L,)`` (:meth:`level_statistics`; + ``gamma_ad``,
-            ``alpha_ad`` for PFL).
-        """
-        labels = assign_result.labels
-        counts = assign_result.num_anchors_per_level
-        num_classes = cls_logits.shape[-1]
-        if targets is None:
-            targets = one_hot_targets(labels, assign_result.positive_mask, num_classes, cls_logits.dtype)
-        if weight is None:
-            weight = (labels >= 0).to(cls_logits.dtype)
-        stats = self.level_statistics(assign_result)
-        if self.cls_loss == "focal":
-            from ..losses.focal import sigmoid_focal_loss
-
-            # the normaliser folded into the weight: the fused backward then needs no extra (B, A, C) product
-            loss = sigmoid_focal_loss(cls_logits, targets, alpha=self.alpha, gamma=self.gamma, reduction="sum",
-                                      weight=weight / normalizer)
-            return loss, stats
-        from ..losses.progressive import progressive_focal_loss
-
-        loss, pfl_stats = progressive_focal_loss(
-            cls_logits, targets, counts, gamma=self.gamma, delta=self.delta, w=self.w, estimator=self.estimator,
-            level_reduction=_PFL_LEVEL_REDUCTION[self.cls_loss], weight=weight, avg_factor=normalizer,
-            return_stats=True, **self.pfl_options,
-        )
-        stats["gamma_ad"] = pfl_stats["gamma_ad"]
-        stats["alpha_ad"] = pfl_stats["alpha_ad"]
-        return loss, stats
+    def per_prior_box_loss(self, inputs: LossInputs, loss_key: str) -> Tensor:
+        """``(B, A)`` unweighted box loss of every prior (with gradient; 0 at non-positives): aLRP's
+        localisation error, PISA CARL's regression loss."""
+        pred, target, extra = self.box_pairs(inputs, self.box_outputs[loss_key])
+        loss = self.box_loss(pred, target, None, None, reduction_override="none", **extra)
+        if loss.dim() == 2:
+            loss = loss.sum(-1)
+        return loss.view_as(inputs.positive_f) * inputs.positive_f
 
     # ------------------------------------------------------------------ inference
+    def box_log_variance(self, head_outputs: dict[str, Tensor], priors: Tensor, image_index: Tensor,
+                         prior_index: Tensor, boxes: Tensor) -> Tensor:
+        """``(K, 4)`` log-variance of the decoded ``x1, y1, x2, y2`` of the selected priors, from the head's
+        delta log-variances by first-order propagation through ``DeltaXYWH`` decoding:
+        ``var(x1) = var(x2) = (w_a / w_x)^2 var(dx) + (w / (2 w_w))^2 var(dw)`` (and the same for y)."""
+        log_var = head_outputs["bbox_log_var"][image_index, prior_index].float()  # (K, 4) of dx, dy, dw, dh
+        anchors = priors[prior_index]
+        wx, wy, ww, wh = self.box_coder.weights
+        anchor_w, anchor_h = anchors[:, 2] - anchors[:, 0], anchors[:, 3] - anchors[:, 1]
+        box_w, box_h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        var_x = (anchor_w / wx) ** 2 * log_var[:, 0].exp() + (box_w / (2 * ww)) ** 2 * log_var[:, 2].exp()
+        var_y = (anchor_h / wy) ** 2 * log_var[:, 1].exp() + (box_h / (2 * wh)) ** 2 * log_var[:, 3].exp()
+        return torch.stack((var_x, var_y, var_x, var_y), dim=-1).clamp(min=1e-12).log()
+
     @torch.no_grad()
     def postprocess(
         self, head_outputs: dict[str, Tensor], priors: Tensor, num_priors_per_level: Sequence[int],
@@ -405,11 +486,17 @@ class OneStageDetector(nn.Module):
         limits = torch.tensor([[w, h, w, h] for h, w in image_sizes], dtype=boxes.dtype, device=device)
         boxes = torch.minimum(boxes.clamp(min=0), limits[:, None, :])
         keep = keep & (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])  # min_bbox_size = 0
-        levels = self.level_index(num_priors_per_level, device)[top_priors]  # (B, K)
+        levels = level_index_for(num_priors_per_level, device)[top_priors]  # (B, K)
 
         boxes, top_scores, top_labels = boxes[keep], top_scores[keep], top_labels[keep]
         image_index, levels = image_index[keep], levels[keep]
-        kept = batched_nms(boxes, top_scores, image_index * num_classes + top_labels, self.nms_thresh)
+        groups = image_index * num_classes + top_labels
+        kept = batched_nms(boxes, top_scores, groups, self.nms_thresh)
+        if self.var_voting:  # KL loss: each kept box voted by its candidates (He et al. 2019, Alg. 1)
+            log_var = self.box_log_variance(head_outputs, priors, image_index, top_priors[keep], boxes)
+            voted = variance_voting(boxes[kept], top_scores[kept], groups[kept], boxes, top_scores, groups, log_var,
+                                    sigma_t=self.box_loss.sigma_t)
+            boxes = boxes.index_put((kept,), voted)
         # ``kept`` is sorted by decreasing score; regroup per image keeping that order, then cap.
         kept = kept[torch.sort(image_index[kept], stable=True).indices]
         kept_images = image_index[kept]

@@ -9,9 +9,11 @@ Configuration: mmdetection's ``fcos_r50-caffe_fpn_gn-head-center-normbbox-center
 - head: 4 x (3x3 conv + GroupNorm + ReLU) per branch; the centerness branch sits on the *regression* tower
   (``centerness_on_reg``); box distances ``(l, t, r, b)`` are predicted in units of the level's stride
   (``norm_on_bbox``): ``relu(scale_l * x) * stride_l`` pixels;
-- losses: classification ``cls_loss`` (focal / pfl / pfl_mean) / number of positives; GIoU loss (weight 1.0)
-  on the decoded boxes, weighted by the centerness target and divided by its sum (FCOS repository);
-  centerness binary cross-entropy (FCOS Eq. 3 target) / number of positives;
+- losses: the injected classification loss (default focal) / number of positives; the injected box loss
+  (default GIoU, weight 1.0) on the decoded boxes, weighted by the centerness target and divided by its sum
+  (FCOS repository); centerness binary cross-entropy (FCOS Eq. 3 target) / number of positives. The box
+  output is a distance (no delta coder): box losses on deltas (l1, smooth_l1, balanced_l1, ghm_r, kl) do not
+  apply, and the priors are points (no prior IoU for IoU-based samplers);
 - no valid flags: mmdetection's ``FCOSHead`` has none, so the points in the padding added for a larger image
   of the batch are background samples (as there; RetinaNet, ATSS and VFNet leave them out);
 - normaliser ``max(sum of positives, 1)`` averaged over processes (mmdetection ``FCOSHead``);
@@ -31,13 +33,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..assigners.common import AssignResult, PaddedTargets
+from ..assigners.common import AssignResult
 from ..assigners.fcos import FCOS_REGRESS_RANGES, FCOSAssigner
+from ..layers import NormLayer, Scale, conv_tower, flatten_level, group_norm, prediction_conv, prior_bias
 from .anchors import PointGenerator
-from .atss import (NormLayer, Scale, centerness_score_factors, centerness_weighted_losses, conv_tower, flatten_level,
-                   group_norm, prediction_conv, prior_bias)
+from .atss import centerness_box_weights, centerness_loss, centerness_score_factors
 from .box_coder import DistancePointCoder
-from .detector import OneStageDetector
+from .detector import LossInputs, OneStageDetector
 
 __all__ = ["FCOS", "FCOSHead"]
 
@@ -102,12 +104,15 @@ class FCOS(OneStageDetector):
         assigner: default :class:`FCOSAssigner` with the options below.
         regress_ranges, center_sampling, center_sample_radius: assignment options.
         centerness_on_reg, norm_on_bbox, head_norm_layer, num_convs, prior_probability: head options.
-        box_loss_weight: GIoU weight (1.0); centerness_loss_weight: centerness BCE weight (1.0).
-        **kwargs: :class:`OneStageDetector` options (``cls_loss``, PFL options, inference settings).
+        **kwargs: :class:`OneStageDetector` options: ``cls_loss`` (default focal), ``box_loss`` (default
+            GIoU), ``sampler``, ``reweighting``, ``loss_weights``, inference settings.
 
-    Training returns ``{"loss_cls", "loss_box", "loss_centerness", "stats"}``.
+    Training returns ``{"loss_cls", "loss_box", "loss_centerness", "stats"}``; loss weights 1, 1, 1.
     """
 
+    default_box_loss = "giou"
+    default_loss_weights = {"loss_cls": 1.0, "loss_box": 1.0, "loss_centerness": 1.0}
+    has_prior_ious = False
     default_nms_thresh = 0.5
     uses_valid_flags = False
 
@@ -127,8 +132,6 @@ class FCOS(OneStageDetector):
         head_norm_layer: Optional[NormLayer] = group_norm,
         num_convs: int = 4,
         prior_probability: float = 0.01,
-        box_loss_weight: float = 1.0,
-        centerness_loss_weight: float = 1.0,
         **kwargs: Any,
     ) -> None:
         strides = list(getattr(backbone, "strides", (8, 16, 32, 64, 128)))
@@ -141,23 +144,21 @@ class FCOS(OneStageDetector):
         self.assigner = assigner or FCOSAssigner(num_classes, strides, regress_ranges, center_sampling,
                                                  center_sample_radius)
         self.box_coder = DistancePointCoder()
-        self.box_loss_weight = box_loss_weight
-        self.centerness_loss_weight = centerness_loss_weight
 
     def score_factors(self, head_outputs: dict[str, Tensor]) -> Tensor:
         return centerness_score_factors(head_outputs)
 
-    def compute_losses(self, head_outputs: dict[str, Tensor], priors: Tensor, assign_result: AssignResult,
-                       gt: PaddedTargets) -> dict[str, Any]:
-        cls_logits = head_outputs["cls_logits"]
-        positive, positive_f, num_positive = self.positives(assign_result, cls_logits.dtype)
-        loss_cls, stats = self.classification_loss(cls_logits, assign_result, num_positive)
+    def centerness_target(self, inputs: LossInputs) -> Tensor:
+        """``(B, A)`` the assigner's FCOS Eq. 3 centerness target at the positives, 0 elsewhere."""
+        if "centerness" not in inputs.extras:
+            centerness = inputs.assign_result.extras["centerness"].to(inputs.positive_f.dtype)
+            inputs.extras["centerness"] = centerness * inputs.positive_f
+        return inputs.extras["centerness"]
 
-        centerness_target = assign_result.extras["centerness"].to(cls_logits.dtype) * positive_f  # (B, A)
-        decoded = self.box_coder.decode(head_outputs["bbox_regression"], priors.unsqueeze(0))  # (B, A, 4)
+    def box_weights(self, inputs: LossInputs) -> dict[str, tuple[Tensor, Tensor]]:
         # FCOS / mmdetection: the box normaliser (sum of centerness targets) is clamped to 1e-6, not 1
-        losses = centerness_weighted_losses(decoded, assign_result.extras["bbox_targets"], centerness_target,
-                                            head_outputs["centerness"], positive, num_positive,
-                                            self.box_loss_weight, self.centerness_loss_weight,
-                                            min_box_normalizer=1e-6)
-        return {"loss_cls": loss_cls, **losses, "stats": stats}
+        return {"loss_box": centerness_box_weights(self.centerness_target(inputs), 1e-6)}
+
+    def extra_losses(self, inputs: LossInputs) -> dict[str, Tensor]:
+        return {"loss_centerness": centerness_loss(inputs.head_outputs["centerness"], self.centerness_target(inputs),
+                                                   inputs.positive, inputs.avg_factor)}

@@ -1,7 +1,8 @@
 """RetinaNet (Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017).
 
-9 anchors per location, max-IoU assignment 0.5 / 0.4 with low-quality matches, DeltaXYWH box deltas, L1
-(mmdetection 1x), smooth-L1 or GIoU box loss, classification loss switchable (focal / UMOP PFL).
+9 anchors per location, max-IoU assignment 0.5 / 0.4 with low-quality matches, DeltaXYWH box deltas; the
+classification loss (default focal), the box loss (default L1 on the deltas, mmdetection 1x), a sampler and
+PISA are injected components (:class:`umop.models.detector.OneStageDetector`).
 Parameter names equal torchvision's ``retinanet_resnet50_fpn`` so its weights load as they are
 (:func:`load_torchvision_retinanet_weights`).
 """
@@ -12,21 +13,18 @@ import math
 from typing import Any, Callable, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import generalized_box_iou_loss
 from torchvision.ops.misc import Conv2dNormActivation
 
-from ..assigners.common import AssignResult, PaddedTargets
+from ..assigners.common import AssignResult
 from ..assigners.max_iou import MaxIoUAssigner
+from ..layers import log_variance_conv
 from .anchors import AnchorGenerator, retinanet_anchor_generator
 from .box_coder import DeltaXYWHBoxCoder
 from .detector import OneStageDetector
 
 __all__ = ["RetinaNet", "RetinaNetHead", "RetinaNetClassificationHead", "RetinaNetRegressionHead",
-           "load_torchvision_retinanet_weights", "BOX_LOSSES"]
-
-BOX_LOSSES = ("l1", "smooth_l1", "giou")
+           "load_torchvision_retinanet_weights"]
 
 
 def _tower(channels: int, num_convs: int, norm_layer: Optional[Callable[..., nn.Module]]) -> nn.Sequential:
@@ -68,32 +66,50 @@ class RetinaNetClassificationHead(nn.Module):
 
 
 class RetinaNetRegressionHead(nn.Module):
-    """Box subnet: 4 convs + a 3x3 conv to ``num_anchors * 4`` deltas. ``forward -> (B, A, 4)``."""
+    """Box subnet: 4 convs + a 3x3 conv to ``num_anchors * 4`` deltas. ``forward -> (B, A, 4)``.
+
+    With ``log_var=True`` a second 3x3 conv on the same tower predicts the log-variance ``alpha = log sigma^2``
+    of each delta (KL loss, He et al. 2019, Sec. 3.2; weights N(0, 1e-4) as the paper's initialisation), and
+    ``forward`` returns ``(deltas, log_var)``.
+    """
 
     def __init__(self, in_channels: int, num_anchors: int, num_convs: int = 4,
-                 norm_layer: Optional[Callable[..., nn.Module]] = None) -> None:
+                 norm_layer: Optional[Callable[..., nn.Module]] = None, log_var: bool = False) -> None:
         super().__init__()
         self.conv = _tower(in_channels, num_convs, norm_layer)
         self.bbox_reg = nn.Conv2d(in_channels, num_anchors * 4, kernel_size=3, padding=1)
         nn.init.normal_(self.bbox_reg.weight, std=0.01)
         nn.init.zeros_(self.bbox_reg.bias)
+        self.bbox_log_var = log_variance_conv(in_channels, num_anchors * 4) if log_var else None
 
-    def forward(self, features: list[Tensor]) -> Tensor:
-        return torch.cat([_flatten_level(self.bbox_reg(self.conv(f)), 4) for f in features], dim=1)
+    def forward(self, features: list[Tensor]) -> Tensor | tuple[Tensor, Tensor]:
+        towers = [self.conv(f) for f in features]
+        deltas = torch.cat([_flatten_level(self.bbox_reg(t), 4) for t in towers], dim=1)
+        if self.bbox_log_var is None:
+            return deltas
+        return deltas, torch.cat([_flatten_level(self.bbox_log_var(t), 4) for t in towers], dim=1)
 
 
 class RetinaNetHead(nn.Module):
-    """Both subnets. ``forward(features) -> {"cls_logits": (B, A, C), "bbox_regression": (B, A, 4)}``."""
+    """Both subnets. ``forward(features) -> {"cls_logits": (B, A, C), "bbox_regression": (B, A, 4)}`` (+
+    ``"bbox_log_var"`` ``(B, A, 4)`` with ``log_var=True``)."""
 
     def __init__(self, in_channels: int, num_anchors: int, num_classes: int, prior_probability: float = 0.01,
-                 num_convs: int = 4, norm_layer: Optional[Callable[..., nn.Module]] = None) -> None:
+                 num_convs: int = 4, norm_layer: Optional[Callable[..., nn.Module]] = None,
+                 log_var: bool = False) -> None:
         super().__init__()
         self.classification_head = RetinaNetClassificationHead(
             in_channels, num_anchors, num_classes, prior_probability, num_convs, norm_layer)
-        self.regression_head = RetinaNetRegressionHead(in_channels, num_anchors, num_convs, norm_layer)
+        self.regression_head = RetinaNetRegressionHead(in_channels, num_anchors, num_convs, norm_layer, log_var)
 
     def forward(self, features: list[Tensor]) -> dict[str, Tensor]:
-        return {"cls_logits": self.classification_head(features), "bbox_regression": self.regression_head(features)}
+        outputs = {"cls_logits": self.classification_head(features)}
+        regression = self.regression_head(features)
+        if isinstance(regression, tuple):
+            outputs["bbox_regression"], outputs["bbox_log_var"] = regression
+        else:
+            outputs["bbox_regression"] = regression
+        return outputs
 
 
 class RetinaNet(OneStageDetector):
@@ -103,26 +119,29 @@ class RetinaNet(OneStageDetector):
         backbone: FPN backbone (``umop.models.build_backbone``), returns P3..P7.
         num_classes: number of object classes.
         anchor_generator: default :func:`retinanet_anchor_generator` (9 anchors, sizes 4 * stride * 2^(k/3)).
-        head: default :class:`RetinaNetHead`.
+        head: default :class:`RetinaNetHead` (with a log-variance branch when the box loss needs one).
         assigner: default ``MaxIoUAssigner(num_classes, 0.5, 0.4, low_quality_matches=True)``.
-        box_loss: ``"l1"`` on deltas (mmdetection 1x), ``"smooth_l1"`` (``smooth_l1_beta``) or ``"giou"``
-            on decoded boxes.
-        box_loss_weight: multiplier of the box loss.
-        smooth_l1_beta: beta of the smooth-L1 box loss.
         head_norm_layer: normalisation in the head towers (None as in the paper; ``partial(nn.GroupNorm, 32)``
             as torchvision's v2).
         prior_probability: initial foreground probability of the classifier (0.01).
         head_num_convs: convs per head tower (4 in the paper).
-        **kwargs: :class:`OneStageDetector` options (``cls_loss``, PFL options, inference settings).
+        **kwargs: :class:`OneStageDetector` options: ``cls_loss`` (default focal), ``box_loss`` (default L1 on
+            the deltas, mmdetection 1x), ``sampler``, ``reweighting``, ``loss_weights``, inference settings.
 
     Losses are sums over the batch divided by ``avg_factor = sum_i max(pos_i, 1)`` over the images (averaged
     over processes), as mmdetection's ``AnchorHead`` (torchvision instead averages per-image normalised
     losses). Anchors outside their image's own padded size are ignored (mmdetection's valid flags; label
-    weight 0 and left out of the matching). Inference: mmdetection's / torchvision's NMS IoU 0.5.
+    weight 0 and left out of the matching). Inference: mmdetection's / torchvision's NMS IoU 0.5. Loss
+    weights: ``loss_cls`` 1, ``loss_box`` 1.
     """
 
     default_nms_thresh = 0.5
     clamp_positives_per_image = True
+
+    default_box_loss = "l1"
+    default_loss_weights = {"loss_cls": 1.0, "loss_box": 1.0}
+    has_delta_coder = True
+    supports_log_var = True
 
     def __init__(
         self,
@@ -132,52 +151,20 @@ class RetinaNet(OneStageDetector):
         anchor_generator: Optional[AnchorGenerator] = None,
         head: Optional[nn.Module] = None,
         assigner: Optional[Callable[..., AssignResult]] = None,
-        box_loss: str = "l1",
-        box_loss_weight: float = 1.0,
-        smooth_l1_beta: float = 1.0 / 9,
         head_norm_layer: Optional[Callable[..., nn.Module]] = None,
         prior_probability: float = 0.01,
         head_num_convs: int = 4,
         **kwargs: Any,
     ) -> None:
-        if box_loss not in BOX_LOSSES:
-            raise ValueError(f"box_loss must be one of {list(BOX_LOSSES)}, got {box_loss!r}")
         anchor_generator = anchor_generator or retinanet_anchor_generator(getattr(backbone, "strides", (8, 16, 32, 64, 128)))
+        super().__init__(backbone, nn.Identity(), anchor_generator, num_classes, **kwargs)
         if head is None:
             head = RetinaNetHead(backbone.out_channels, anchor_generator.num_priors_per_location, num_classes,
                                  prior_probability=prior_probability, num_convs=head_num_convs,
-                                 norm_layer=head_norm_layer)
-        super().__init__(backbone, head, anchor_generator, num_classes, **kwargs)
+                                 norm_layer=head_norm_layer, log_var=self.box_loss.needs_log_var)
+        self.head = head
         self.assigner = assigner or MaxIoUAssigner(num_classes, 0.5, 0.4, low_quality_matches=True)
         self.box_coder = DeltaXYWHBoxCoder((1.0, 1.0, 1.0, 1.0))
-        self.box_loss = box_loss
-        self.box_loss_weight = box_loss_weight
-        self.smooth_l1_beta = smooth_l1_beta
-
-    def compute_losses(self, head_outputs: dict[str, Tensor], priors: Tensor, assign_result: AssignResult,
-                       gt: PaddedTargets) -> dict[str, Any]:
-        positive, _, normalizer = self.positives(assign_result, head_outputs["cls_logits"].dtype)
-        loss_cls, stats = self.classification_loss(head_outputs["cls_logits"], assign_result, normalizer)
-
-        # Dense, masked box loss (no boolean indexing -> no host sync). Non-positive priors regress onto
-        # themselves so that their (masked) targets stay finite.
-        regression = head_outputs["bbox_regression"]  # (B, A, 4)
-        index = assign_result.matched_gt.clamp(min=0).unsqueeze(-1).expand(-1, -1, 4)
-        matched_boxes = torch.gather(gt.boxes, 1, index)  # (B, A, 4)
-        priors_b = priors.unsqueeze(0).expand_as(matched_boxes)
-        matched_boxes = torch.where(positive.unsqueeze(-1), matched_boxes, priors_b)
-        if self.box_loss == "giou":
-            decoded = self.box_coder.decode(regression, priors_b)
-            per_prior = generalized_box_iou_loss(decoded.reshape(-1, 4), matched_boxes.reshape(-1, 4), reduction="none")
-            per_prior = per_prior.view_as(positive)
-        else:
-            target = self.box_coder.encode(matched_boxes, priors_b)
-            if self.box_loss == "l1":
-                per_prior = F.l1_loss(regression, target, reduction="none").sum(-1)
-            else:
-                per_prior = F.smooth_l1_loss(regression, target, reduction="none", beta=self.smooth_l1_beta).sum(-1)
-        loss_box = (per_prior * positive.to(per_prior.dtype)).sum() / normalizer * self.box_loss_weight
-        return {"loss_cls": loss_cls, "loss_box": loss_box, "stats": stats}
 
 
 def load_torchvision_retinanet_weights(model: RetinaNet, tv_model: nn.Module) -> RetinaNet:

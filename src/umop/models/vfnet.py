@@ -15,17 +15,17 @@ mmdetection's ``vfnet_r50_fpn_1x_coco``.
   refined box is ``exp(scale'_l * x') * initial box`` (the initial box detached) and the IoU-aware classification score
   comes from the deformable features; the gradient reaching the initial box through the offsets is scaled
   by ``gradient_mul = 0.1``;
-- losses: varifocal loss (alpha 0.75, gamma 2; VFNet Eq. 2) with target ``q = IoU(refined box, gt)`` for the
-  gt class of a positive, divided by ``max(number of positives, 1)`` (averaged over processes, mmdetection
-  ``VFNetHead``); GIoU on the initial box (weight 1.5) and the refined box (weight 2.0), each weighted by the
-  (detached) IoU of that box with its gt (clamped >= 1e-6) and divided by the sum of those weights (clamped
-  >= 1). As mmdetection's ``VFNetHead``, the varifocal loss takes no label weights: the anchors outside their
-  image count as background there (weight 1); under ``focal`` / ``pfl`` / ``pfl_mean`` they have weight 0 (its
-  ``use_vfl=False`` path passes the label weights). The level statistics count valid anchors only;
-- ``cls_loss``: ``"varifocal"`` (default), or ``"focal"`` / ``"pfl"`` / ``"pfl_mean"``. The latter three use
-  *one-hot* (binary) targets: UMOP's PFL estimates gamma_ad from the positives' predicted probability of a
-  binary target and is defined for binary targets only (``progressive_focal_loss`` rejects soft targets);
-  the IoU-aware soft targets are specific to the varifocal loss;
+- losses: the injected classification loss, by default the varifocal loss (alpha 0.75, gamma 2; VFNet Eq. 2)
+  whose IoU-aware target ``q = IoU(refined box, gt)`` at the gt class of a positive is the ``quality`` the
+  detector computes for every loss that ``needs_quality`` (varifocal, quality_focal), divided by the number
+  of positives; the injected box loss (default GIoU) on the initial box (weight 1.5) and the refined box
+  (weight 2.0), each weighted by the (detached) IoU of that box with its gt and divided by the sum of those
+  weights (clamped >= 1); the IoU weights are clamped >= 1e-6. All divided by ``max(number of positives, 1)``
+  (averaged over processes, mmdetection ``VFNetHead``). As mmdetection's ``VFNetHead``, the varifocal loss
+  takes no label weights: the anchors outside their image count as background there (weight 1); under any
+  other classification loss they have weight 0 (its ``use_vfl=False`` path passes the label weights). The
+  level statistics count valid anchors only. Binary-target losses (focal, pfl, ...) get one-hot targets: UMOP's PFL estimates
+  gamma_ad from the positives' predicted probability of a binary target;
 - inference: score ``sigmoid(cls)`` (already IoU-aware, no centerness), boxes from the refined distances;
   mmdetection ``test_cfg``: score threshold 0.05, per-level top-1000, NMS IoU 0.6, 100 per image.
 """
@@ -42,14 +42,16 @@ from torchvision.ops import DeformConv2d
 from ..assigners.atss import ATSSAssigner
 from ..assigners.common import AssignResult, PaddedTargets
 from ..assigners.fcos import FCOS_REGRESS_RANGES
-from ..losses.iou import aligned_box_iou, giou_loss
-from ..losses.varifocal import varifocal_loss
+from ..distributed import mean_over_processes
+from ..layers import NormLayer, Scale, conv_tower, flatten_level, group_norm, prediction_conv, prior_bias
+from ..losses import VarifocalLoss, aligned_box_iou
+from ..structures.levels import level_matrix_for
+from ..structures.targets import masked_box_pairs
 from .anchors import AnchorGenerator
-from .atss import NormLayer, Scale, conv_tower, flatten_level, group_norm, masked_box_pairs, prediction_conv, prior_bias
 from .box_coder import DistancePointCoder
 from .deform import IMPLEMENTATIONS as DEFORM_IMPLEMENTATIONS
 from .deform import deform_conv2d
-from .detector import CLS_LOSSES, OneStageDetector, mean_over_processes
+from .detector import LossInputs, OneStageDetector
 
 __all__ = ["VFNet", "VFNetHead", "star_dcn_offset", "vfnet_reg_denoms"]
 
@@ -167,20 +169,21 @@ class VFNet(OneStageDetector):
     Args:
         backbone: FPN backbone returning P3..P7.
         num_classes: number of object classes.
-        cls_loss: ``"varifocal"`` (default), ``"focal"``, ``"pfl"`` or ``"pfl_mean"`` (one-hot targets).
         anchor_generator: default: one ``anchor_scale * stride`` square per location, centres at
             ``(i * stride, j * stride)`` (mmdetection ``center_offset=0.0``).
         head: default :class:`VFNetHead`.
         assigner: default ``ATSSAssigner(num_classes, topk=9)``.
-        vfl_alpha, vfl_gamma, iou_weighted: varifocal loss options (0.75, 2.0, True).
-        box_init_loss_weight, box_loss_weight: GIoU weights of the initial (1.5) and refined (2.0) boxes.
         head_norm_layer, num_convs, gradient_mul, prior_probability, deform_conv_impl: head options.
-        **kwargs: :class:`OneStageDetector` options (PFL options, inference settings).
+        **kwargs: :class:`OneStageDetector` options: ``cls_loss`` (default varifocal), ``box_loss`` (default
+            GIoU), ``sampler``, ``reweighting``, ``loss_weights``, inference settings.
 
-    Training returns ``{"loss_cls", "loss_box" (refined), "loss_box_init", "stats"}``.
+    Training returns ``{"loss_cls", "loss_box" (refined), "loss_box_init", "stats"}``; loss weights 1, 2, 1.5.
     """
 
-    valid_cls_losses = CLS_LOSSES + ("varifocal",)
+    box_outputs = {"loss_box": "bbox_regression", "loss_box_init": "bbox_init"}
+    default_cls_loss = "varifocal"
+    default_box_loss = "giou"
+    default_loss_weights = {"loss_cls": 1.0, "loss_box": 2.0, "loss_box_init": 1.5}
     default_nms_thresh = 0.6
 
     def __init__(
@@ -188,16 +191,10 @@ class VFNet(OneStageDetector):
         backbone: nn.Module,
         num_classes: int,
         *,
-        cls_loss: str = "varifocal",
         anchor_generator: Optional[AnchorGenerator] = None,
         anchor_scale: float = 8.0,
         head: Optional[nn.Module] = None,
         assigner: Optional[Callable[..., AssignResult]] = None,
-        vfl_alpha: float = 0.75,
-        vfl_gamma: float = 2.0,
-        iou_weighted: bool = True,
-        box_init_loss_weight: float = 1.5,
-        box_loss_weight: float = 2.0,
         head_norm_layer: Optional[NormLayer] = group_norm,
         num_convs: int = 3,
         gradient_mul: float = 0.1,
@@ -216,43 +213,32 @@ class VFNet(OneStageDetector):
             head = VFNetHead(backbone.out_channels, num_classes, strides, num_convs=num_convs,
                              norm_layer=head_norm_layer, gradient_mul=gradient_mul,
                              prior_probability=prior_probability, deform_conv_impl=deform_conv_impl)
-        super().__init__(backbone, head, anchor_generator, num_classes, cls_loss=cls_loss, **kwargs)
+        super().__init__(backbone, head, anchor_generator, num_classes, **kwargs)
         self.assigner = assigner or ATSSAssigner(num_classes, topk=9)
         self.box_coder = DistancePointCoder()  # decodes distances from the anchor centres
-        self.vfl_alpha, self.vfl_gamma, self.iou_weighted = vfl_alpha, vfl_gamma, iou_weighted
-        self.box_init_loss_weight = box_init_loss_weight
-        self.box_loss_weight = box_loss_weight
+
+    def box_weights(self, inputs: LossInputs) -> dict[str, tuple[Tensor, Tensor]]:
+        """Each box weighted by its own (detached) IoU with its gt, divided by the sum (>= 1; VFNet / mmdet)."""
+        decoded_init = inputs.decoded("bbox_init")  # outside no_grad: the cached boxes feed the box loss too
+        with torch.no_grad():
+            iou_init = aligned_box_iou(*masked_box_pairs(decoded_init, inputs.matched_boxes,
+                                                         inputs.positive)).clamp(min=1e-6) * inputs.positive_f
+        return {key: (iou, mean_over_processes(iou.sum()).clamp(min=1))
+                for key, iou in (("loss_box", inputs.quality), ("loss_box_init", iou_init))}
+
+    def classification_weight(self, assign_result: AssignResult, dtype: torch.dtype) -> Tensor:
+        """As mmdetection's ``VFNetHead``: the varifocal loss gets no label weights (the priors outside their
+        image count as background, weight 1); every other classification loss gets the valid priors only."""
+        if isinstance(self.cls_loss, VarifocalLoss):
+            return torch.ones_like(assign_result.labels, dtype=dtype)
+        return super().classification_weight(assign_result, dtype)
 
     def compute_losses(self, head_outputs: dict[str, Tensor], priors: Tensor, assign_result: AssignResult,
                        gt: PaddedTargets) -> dict[str, Any]:
-        cls_logits = head_outputs["cls_logits"]
-        positive, positive_f, num_positive = self.positives(assign_result, cls_logits.dtype)
-
-        index = assign_result.matched_gt.clamp(min=0).unsqueeze(-1).expand(-1, -1, 4)
-        matched_boxes = torch.gather(gt.boxes, 1, index)  # (B, A, 4)
-        priors_b = priors.unsqueeze(0)
-        init_boxes, init_targets = masked_box_pairs(
-            self.box_coder.decode(head_outputs["bbox_init"], priors_b), matched_boxes, positive)
-        refine_boxes, refine_targets = masked_box_pairs(
-            self.box_coder.decode(head_outputs["bbox_regression"], priors_b), matched_boxes, positive)
-        with torch.no_grad():
-            iou_init = aligned_box_iou(init_boxes, init_targets).clamp(min=1e-6) * positive_f  # (B, A)
-            iou_refine = aligned_box_iou(refine_boxes, refine_targets).clamp(min=1e-6) * positive_f
-
-        loss_box_init = giou_loss(init_boxes, init_targets, weight=iou_init, reduction="sum")
-        loss_box_init = loss_box_init / mean_over_processes(iou_init.sum()).clamp(min=1) * self.box_init_loss_weight
-        loss_box = giou_loss(refine_boxes, refine_targets, weight=iou_refine, reduction="sum")
-        loss_box = loss_box / mean_over_processes(iou_refine.sum()).clamp(min=1) * self.box_loss_weight
-
-        if self.cls_loss == "varifocal":
-            # IoU-aware classification score target (VFNet Sec. 3.1): q = IoU(refined box, gt) at the gt class.
-            one_hot = F.one_hot(assign_result.labels.clamp(min=0), self.num_classes + 1)[..., :self.num_classes]
-            targets = one_hot.to(cls_logits.dtype) * iou_refine.unsqueeze(-1)
-            # mmdetection's VFNetHead passes no label weights to the varifocal loss: every prior counts,
-            # the invalid ones (label -1, target 0) as background
-            loss_cls = varifocal_loss(cls_logits, targets, alpha=self.vfl_alpha, gamma=self.vfl_gamma,
-                                      iou_weighted=self.iou_weighted, reduction="sum") / num_positive
-            stats = self.level_statistics(assign_result)
-        else:
-            loss_cls, stats = self.classification_loss(cls_logits, assign_result, num_positive)
-        return {"loss_cls": loss_cls, "loss_box": loss_box, "loss_box_init": loss_box_init, "stats": stats}
+        losses = super().compute_losses(head_outputs, priors, assign_result, gt)
+        if isinstance(self.cls_loss, VarifocalLoss) and assign_result.prior_valid is not None:
+            # the level statistics count the valid priors only, also where the varifocal loss sees them all
+            per_prior = assign_result.prior_valid.sum(dim=0, dtype=torch.float32)  # (A,)
+            matrix = level_matrix_for(assign_result.num_anchors_per_level, per_prior.device, torch.float32)
+            losses["stats"]["num_anchors"] = per_prior @ matrix
+        return losses

@@ -1,4 +1,4 @@
-"""Per-level prior helpers: which pyramid level each prior (anchor / point) belongs to, and per-level sums.
+"""Per-level prior layouts: which pyramid level each prior (anchor / point) belongs to, and per-level sums.
 
 The priors of all levels are concatenated in level order (``A = sum(num_priors_per_level)``); both helpers are
 cached per layout and device so that a training step builds them once.
