@@ -1,0 +1,24 @@
+"""Lazy package exports (PEP 562): ``umop -h`` and ``import umop.data`` import no torch until a name is used."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable, Mapping
+
+
+def lazy_exports(package: str, table: Mapping[str, str],
+                 namespace: dict[str, Any]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """``(__getattr__, __dir__)`` for a package whose public names ``table`` maps to the modules defining
+    them; a name is imported on first use and then cached in the package's ``namespace`` (its globals())."""
+
+    def __getattr__(name: str) -> Any:
+        if name in table:
+            value = getattr(importlib.import_module(table[name]), name)
+            namespace[name] = value
+            return value
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    def __dir__() -> list[str]:
+        return sorted(set(namespace) | set(table))
+
+    return __getattr__, __dir__
