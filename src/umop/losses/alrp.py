@@ -37,6 +37,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ._precision import upcast_low_precision
 from .base import ClassificationLoss
 from .ranking import ranking_sets, sorted_step_sums, sorted_step_update
 
@@ -55,9 +56,7 @@ class ALRPLossFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: Tensor, positive: Tensor, negative: Tensor, loc_error: Tensor, delta: float,
                 eps: float) -> tuple[Tensor, Tensor]:
-        scores = logits.detach()
-        if scores.dtype in (torch.float16, torch.bfloat16):
-            scores = scores.float()
+        scores = upcast_low_precision(logits.detach())
         update = torch.zeros_like(scores)
         fg = scores[positive]
         if fg.numel() == 0:

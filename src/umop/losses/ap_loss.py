@@ -46,6 +46,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ._precision import upcast_low_precision
 from ._weights import broadcast_weight
 from .base import ClassificationLoss
 from .ranking import sorted_step_sums, sorted_step_update, step_function
@@ -95,9 +96,7 @@ class APLossFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: Tensor, positive: Tensor, negative: Tensor, delta: float, interpolated: bool,
                 method: str, max_elements: int) -> Tensor:
-        scores = logits.detach()
-        if scores.dtype in (torch.float16, torch.bfloat16):
-            scores = scores.float()
+        scores = upcast_low_precision(logits.detach())
         update = torch.zeros_like(scores)
         fg = scores[positive]
         if fg.numel() == 0:
