@@ -6,10 +6,12 @@ import importlib
 from typing import Any, Callable, Mapping
 
 
-def lazy_exports(package: str, table: Mapping[str, str],
-                 namespace: dict[str, Any]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
-    """``(__getattr__, __dir__)`` for a package whose public names ``table`` maps to the modules defining
-    them; a name is imported on first use and then cached in the package's ``namespace`` (its globals())."""
+def lazy_exports(package: str, modules: Mapping[str, str], namespace: dict[str, Any]
+                 ) -> tuple[list[str], Callable[[str], Any], Callable[[], list[str]]]:
+    """``(__all__, __getattr__, __dir__)`` for ``package``. ``modules`` maps each submodule (relative,
+    ``".coco"``) to the space-separated public names it defines; a name is imported on first use and then
+    cached in the package's ``namespace`` (its globals())."""
+    table = {name: package + module for module, names in modules.items() for name in names.split()}
 
     def __getattr__(name: str) -> Any:
         if name in table:
@@ -21,4 +23,4 @@ def lazy_exports(package: str, table: Mapping[str, str],
     def __dir__() -> list[str]:
         return sorted(set(namespace) | set(table))
 
-    return __getattr__, __dir__
+    return sorted(table), __getattr__, __dir__

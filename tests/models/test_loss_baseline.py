@@ -77,6 +77,9 @@ def _compute(name: str, options: dict, samples) -> dict:
     }
 
 
+GRAD_RTOL = 1e-4
+
+
 def _close(actual: float, expected: float, scale: float, rtol: float = 1e-5) -> bool:
     return abs(actual - expected) <= rtol * max(abs(expected), scale) + 1e-12
 
@@ -108,10 +111,12 @@ def test_losses_and_gradients_equal_the_baseline(case, baseline, samples):
         # the same initial weights (a changed module creation order would show here first)
         assert _close(got["param_sum"], summary["param_sum"], 1e-3), (case, param_name, "initial weights differ")
         norm = summary["norm"]
-        assert _close(got["norm"], norm, 0.0), (case, param_name, got["norm"], norm)
-        assert _close(got["sum"], summary["sum"], norm), (case, param_name, got["sum"], summary["sum"])
+        # norms to 1e-4, sums and entries to 1e-4 of the norm: another CPU's kernels (AVX2 vs AVX-512) change
+        # them at ~2e-5 of the norm; a changed loss or assignment moves them by far more
+        assert _close(got["norm"], norm, 0.0, GRAD_RTOL), (case, param_name, got["norm"], norm)
+        assert _close(got["sum"], summary["sum"], norm, GRAD_RTOL), (case, param_name, got["sum"], summary["sum"])
         for a, e in zip(got["entries"], summary["entries"]):
-            assert _close(a, e, norm), (case, param_name, a, e)
+            assert _close(a, e, norm, GRAD_RTOL), (case, param_name, a, e)
 
 
 def test_num_anchors_counts_the_valid_priors(samples):

@@ -15,21 +15,14 @@ from __future__ import annotations
 
 from .._lazy import lazy_exports
 
-_LAZY = {
-    "loss_gradient_norms": "umop.analysis.objective",
-    "load_coco": "umop.analysis.coco",
-    "level_statistics": "umop.analysis.levels",
-    "write_level_csv": "umop.analysis.levels",
-    "read_level_csv": "umop.analysis.levels",
-    "mean_positive_ratios": "umop.analysis.levels",
-    "positive_ratios": "umop.analysis.levels",
-    "plot_level_imbalance": "umop.analysis.plots",
-    "analyze_dataset": "umop.analysis.dataset",
-    "analyze_run": "umop.analysis.run",
-    "write_report": "umop.analysis.report",
+_EXPORTS = {  # submodule: the public names it defines
+    ".objective": "loss_gradient_norms",
+    ".coco": "load_coco",
+    ".levels": "level_statistics write_level_csv read_level_csv mean_positive_ratios positive_ratios",
+    ".plots": "plot_level_imbalance",
+    ".dataset": "analyze_dataset",
+    ".run": "analyze_run",
+    ".report": "write_report",
 }
 
-__all__ = list(_LAZY)
-
-
-__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -13,30 +13,13 @@ from __future__ import annotations
 
 from .._lazy import lazy_exports
 
-_LAZY = {
-    "CheckReport": "umop.data.check",
-    "check_dataset": "umop.data.check",
-    "CocoDetection": "umop.data.coco",
-    "collate_fn": "umop.data.coco",
-    "default_image_dir": "umop.data.coco",
-    "index_coco": "umop.data.coco",
-    "load_coco_json": "umop.data.coco",
-    "coco_to_voc": "umop.data.convert",
-    "coco_to_yolo": "umop.data.convert",
-    "read_class_names": "umop.data.convert",
-    "save_coco_json": "umop.data.convert",
-    "voc_to_coco": "umop.data.convert",
-    "yolo_to_coco": "umop.data.convert",
-    "BadRecord": "umop.data.records",
-    "BadRecordWarning": "umop.data.records",
-    "make_synthetic_dataset": "umop.data.synthetic",
-    "make_tiny_synthetic_dataset": "umop.data.synthetic",
-    "synthetic_class_names": "umop.data.synthetic",
-    "ResizeShorterSide": "umop.data.transforms",
-    "build_transforms": "umop.data.transforms",
+_EXPORTS = {  # submodule: the public names it defines
+    ".check": "CheckReport check_dataset",
+    ".coco": "CocoDetection collate_fn default_image_dir index_coco load_coco_json",
+    ".convert": "coco_to_voc coco_to_yolo read_class_names save_coco_json voc_to_coco yolo_to_coco",
+    ".records": "BadRecord BadRecordWarning",
+    ".synthetic": "make_synthetic_dataset make_tiny_synthetic_dataset synthetic_class_names",
+    ".transforms": "ResizeShorterSide build_transforms",
 }
 
-__all__ = sorted(_LAZY)
-
-
-__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

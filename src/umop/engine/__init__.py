@@ -7,27 +7,11 @@ from __future__ import annotations
 
 from .._lazy import lazy_exports
 
-_LAZY = {
-    "load_checkpoint": "umop.engine.checkpoint",
-    "save_checkpoint": "umop.engine.checkpoint",
-    "seed_everything": "umop.engine.checkpoint",
-    "Config": "umop.engine.config",
-    "ConfigError": "umop.engine.config",
-    "apply_overrides": "umop.engine.config",
-    "config_from_dict": "umop.engine.config",
-    "config_to_dict": "umop.engine.config",
-    "describe_config": "umop.engine.config",
-    "load_config": "umop.engine.config",
-    "evaluate_model": "umop.engine.inference",
-    "run_inference": "umop.engine.inference",
-    "NonFiniteLossError": "umop.engine.trainer",
-    "RunExistsError": "umop.engine.trainer",
-    "Trainer": "umop.engine.trainer",
-    "TrainingInterrupted": "umop.engine.trainer",
-    "format_metrics": "umop.engine.trainer",
+_EXPORTS = {  # submodule: the public names it defines
+    ".checkpoint": "load_checkpoint save_checkpoint seed_everything",
+    ".config": "Config ConfigError apply_overrides config_from_dict config_to_dict describe_config load_config",
+    ".inference": "evaluate_model run_inference",
+    ".trainer": "NonFiniteLossError RunExistsError Trainer TrainingInterrupted format_metrics",
 }
 
-__all__ = sorted(_LAZY)
-
-
-__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

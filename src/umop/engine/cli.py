@@ -24,6 +24,19 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
                              "data.min_size=[640,800] model.cls_loss_options.delta=0.5 (keys: umop config show NAME)")
 
 
+def _add_checkpoint_command(subparsers: argparse._SubParsersAction, name: str, summary: str, description: str,
+                            positional: tuple[str, str, str], out: tuple[str, bool]) -> argparse.ArgumentParser:
+    """A subcommand taking ``[CONFIG] CHECKPOINT ...`` (``positional``: dest, metavar, help), ``--set`` and
+    ``--out`` (``out``: help, required)."""
+    parser = subparsers.add_parser(name, help=summary, description=description)
+    dest, metavar, positional_help = positional
+    parser.add_argument(dest, nargs="+", metavar=metavar, help=positional_help)
+    _add_overrides(parser)
+    out_help, out_required = out
+    parser.add_argument("--out", required=out_required, help=out_help)
+    return parser
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``train``, ``eval``, ``predict``, ``demo`` and ``config`` to ``subparsers``."""
     train = subparsers.add_parser("train", help="train a detector from a YAML config")
@@ -38,15 +51,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--out", metavar="RUN_DIR", help="run folder (default: the config's output_dir, runs/<name>)")
     train.set_defaults(func=_cmd_train)
 
-    evaluate = subparsers.add_parser(
-        "eval", help="COCO AP (+ per class) of a checkpoint on its config's val data",
-        description="umop eval CHECKPOINT [--set data.val_ann=... data.val_images=...] evaluates with the config "
-                    "stored in the checkpoint; umop eval CONFIG CHECKPOINT uses CONFIG instead.")
-    evaluate.add_argument("paths", nargs="+", metavar="[CONFIG] CHECKPOINT",
-                          help="checkpoint file (RUN_DIR/checkpoints/last.pt or best.pt), optionally preceded by a "
-                               "config that replaces the one stored in the checkpoint")
-    _add_overrides(evaluate)
-    evaluate.add_argument("--out", help="metrics json (default: CHECKPOINT with suffix .eval.json)")
+    evaluate = _add_checkpoint_command(
+        subparsers, "eval", "COCO AP (+ per class) of a checkpoint on its config's val data",
+        "umop eval CHECKPOINT [--set data.val_ann=... data.val_images=...] evaluates with the config stored in "
+        "the checkpoint; umop eval CONFIG CHECKPOINT uses CONFIG instead.",
+        ("paths", "[CONFIG] CHECKPOINT", "checkpoint file (RUN_DIR/checkpoints/last.pt or best.pt), optionally "
+                                         "preceded by a config that replaces the one stored in the checkpoint"),
+        ("metrics json (default: CHECKPOINT with suffix .eval.json)", False))
     evaluate.add_argument("--results", help="also write the detections as a COCO results json here")
     evaluate.add_argument("--levels", action="store_true",
                           help="print the per-level table: TP, mean IoU, FP per pyramid level and which level found "
@@ -59,14 +70,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           help="lowest score counted in the confusion matrix (0.3)")
     evaluate.set_defaults(func=_cmd_eval)
 
-    predict = subparsers.add_parser(
-        "predict", help="draw detections on images; write PNGs + COCO results json",
-        description="umop predict CHECKPOINT IMAGES... --out DIR (config stored in the checkpoint), or "
-                    "umop predict CONFIG CHECKPOINT IMAGES... --out DIR. Unreadable inputs are skipped and listed.")
-    predict.add_argument("inputs", nargs="+", metavar="[CONFIG] CHECKPOINT IMAGES",
-                         help="optional config, the checkpoint, then image files or folders")
-    _add_overrides(predict)
-    predict.add_argument("--out", required=True, help="output folder")
+    predict = _add_checkpoint_command(
+        subparsers, "predict", "draw detections on images; write PNGs + COCO results json",
+        "umop predict CHECKPOINT IMAGES... --out DIR (config stored in the checkpoint), or umop predict CONFIG "
+        "CHECKPOINT IMAGES... --out DIR. Unreadable inputs are skipped and listed.",
+        ("inputs", "[CONFIG] CHECKPOINT IMAGES", "optional config, the checkpoint, then image files or folders"),
+        ("output folder", True))
     predict.add_argument("--score-thresh", type=_score_thresh_argument, default=0.3, metavar="S|lrp",
                          help="lowest score drawn and written (0.3), or 'lrp': each class' LRP-optimal threshold "
                               "from the checkpoint's evaluation (CHECKPOINT.eval.json of `umop eval`, else "

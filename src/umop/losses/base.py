@@ -141,8 +141,8 @@ class ClassificationLoss(nn.Module):
 class BoxLoss(nn.Module):
     """Base class of the box regression losses a detector takes (protocol in the module docstring).
 
-    Subclasses implement :meth:`elementwise` (the per-box or per-coordinate loss); the base applies the
-    weight, the reduction and ``loss_weight``.
+    Subclasses implement :meth:`loss` (the functional loss with the module's options: weight, reduction and
+    ``avg_factor`` applied); :meth:`forward` resolves ``reduction_override`` and multiplies by ``loss_weight``.
     """
 
     space: ClassVar[str] = "deltas"      # "boxes" (decoded xyxy) or "deltas" (encoded regression targets)

@@ -27,6 +27,7 @@ The formulas follow the papers and match torchvision's ``generalized_box_iou_los
 from __future__ import annotations
 
 import math
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import Tensor
@@ -36,6 +37,7 @@ from .reduction import weight_reduce_loss
 
 __all__ = ["iou_loss", "giou_loss", "diou_loss", "ciou_loss", "bounded_iou_loss", "aligned_box_iou", "IoULoss",
            "GIoULoss", "DIoULoss", "CIoULoss", "BoundedIoULoss"]
+
 
 def _check_boxes(pred: Tensor, target: Tensor) -> None:
     if pred.shape != target.shape:
@@ -82,16 +84,14 @@ def aligned_box_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7) -> Tensor
     return _iou_terms(boxes1, boxes2, eps)[0]
 
 
-def iou_loss(
-    pred: Tensor,
-    target: Tensor,
-    weight: Tensor | None = None,
-    reduction: str = "mean",
-    avg_factor: float | Tensor | None = None,
-    *,
-    eps: float = 1e-7,
-    mode: str = "log",
-) -> Tensor:
+def _reduce_box_loss(loss: Tensor, pred: Tensor, weight: Tensor | None, reduction: str,
+                     avg_factor: float | Tensor | None) -> Tensor:
+    """Weight (per box or per coordinate) and reduce a per-box loss ``(...)``."""
+    return weight_reduce_loss(loss, _box_weight(weight, pred), reduction, avg_factor)
+
+
+def iou_loss(pred: Tensor, target: Tensor, weight: Tensor | None = None, reduction: str = "mean",
+             avg_factor: float | Tensor | None = None, *, eps: float = 1e-7, mode: str = "log") -> Tensor:
     """IoU loss (UnitBox). ``mode``: ``"log"`` -> ``-log(IoU)`` (IoU clamped at ``eps``), ``"linear"`` ->
     ``1 - IoU``, ``"square"`` -> ``1 - IoU**2``. Shapes as in the module docstring."""
     _check_boxes(pred, target)
@@ -104,7 +104,7 @@ def iou_loss(
         loss = 1 - iou.pow(2)
     else:
         raise ValueError(f'mode must be "log", "linear" or "square", got {mode!r}')
-    return weight_reduce_loss(loss, _box_weight(weight, pred), reduction, avg_factor)
+    return _reduce_box_loss(loss, pred, weight, reduction, avg_factor)
 
 
 def _giou(pred: Tensor, target: Tensor, eps: float) -> Tensor:
@@ -113,61 +113,25 @@ def _giou(pred: Tensor, target: Tensor, eps: float) -> Tensor:
     return iou - (area_c - union) / (area_c + eps)
 
 
-def giou_loss(
-    pred: Tensor,
-    target: Tensor,
-    weight: Tensor | None = None,
-    reduction: str = "mean",
-    avg_factor: float | Tensor | None = None,
-    *,
-    eps: float = 1e-7,
-) -> Tensor:
+def giou_loss(pred: Tensor, target: Tensor, weight: Tensor | None = None, reduction: str = "mean",
+              avg_factor: float | Tensor | None = None, *, eps: float = 1e-7) -> Tensor:
     """Generalised IoU loss ``1 - GIoU`` (Rezatofighi et al. 2019). Shapes as in the module docstring."""
     _check_boxes(pred, target)
-    loss = 1 - _giou(pred, target, eps)
-    return weight_reduce_loss(loss, _box_weight(weight, pred), reduction, avg_factor)
+    return _reduce_box_loss(1 - _giou(pred, target, eps), pred, weight, reduction, avg_factor)
 
 
 def _diou_terms(pred: Tensor, target: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     """Return ``(iou, rho^2 / c^2)`` (DIoU paper Eq. 6)."""
     iou, _, enclose = _iou_terms(pred, target, eps)
     diag_sq = (enclose[..., 2] - enclose[..., 0]).pow(2) + (enclose[..., 3] - enclose[..., 1]).pow(2) + eps
-    pcx = (pred[..., 0] + pred[..., 2]) / 2
-    pcy = (pred[..., 1] + pred[..., 3]) / 2
-    tcx = (target[..., 0] + target[..., 2]) / 2
-    tcy = (target[..., 1] + target[..., 3]) / 2
-    centre_sq = (pcx - tcx).pow(2) + (pcy - tcy).pow(2)
+    pred_centre = (pred[..., :2] + pred[..., 2:]) / 2
+    target_centre = (target[..., :2] + target[..., 2:]) / 2
+    centre_sq = (pred_centre - target_centre).pow(2).sum(-1)
     return iou, centre_sq / diag_sq
 
 
-def diou_loss(
-    pred: Tensor,
-    target: Tensor,
-    weight: Tensor | None = None,
-    reduction: str = "mean",
-    avg_factor: float | Tensor | None = None,
-    *,
-    eps: float = 1e-7,
-) -> Tensor:
-    """Distance IoU loss ``1 - IoU + rho^2 / c^2`` (Zheng et al. 2020, Eq. 6)."""
-    _check_boxes(pred, target)
-    iou, penalty = _diou_terms(pred, target, eps)
-    loss = 1 - iou + penalty
-    return weight_reduce_loss(loss, _box_weight(weight, pred), reduction, avg_factor)
-
-
-def ciou_loss(
-    pred: Tensor,
-    target: Tensor,
-    weight: Tensor | None = None,
-    reduction: str = "mean",
-    avg_factor: float | Tensor | None = None,
-    *,
-    eps: float = 1e-7,
-) -> Tensor:
-    """Complete IoU loss ``1 - IoU + rho^2 / c^2 + alpha * v`` (Zheng et al. 2020, Eq. 10-11)."""
-    _check_boxes(pred, target)
-    iou, penalty = _diou_terms(pred, target, eps)
+def _aspect_ratio_term(pred: Tensor, target: Tensor, iou: Tensor, eps: float) -> Tensor:
+    """CIoU's ``alpha * v`` (Zheng et al. 2020, Eq. 9-11), ``alpha`` without gradient."""
     w_pred = pred[..., 2] - pred[..., 0]
     h_pred = pred[..., 3] - pred[..., 1] + eps  # + eps (mmdetection): a zero-size box gives atan(0/0) = NaN
     w_gt = target[..., 2] - target[..., 0]
@@ -175,20 +139,28 @@ def ciou_loss(
     v = (4 / math.pi ** 2) * (torch.atan(w_gt / h_gt) - torch.atan(w_pred / h_pred)).pow(2)
     with torch.no_grad():
         alpha = v / (1 - iou + v + eps)
-    loss = 1 - iou + penalty + alpha * v
-    return weight_reduce_loss(loss, _box_weight(weight, pred), reduction, avg_factor)
+    return alpha * v
 
 
-def bounded_iou_loss(
-    pred: Tensor,
-    target: Tensor,
-    weight: Tensor | None = None,
-    reduction: str = "mean",
-    avg_factor: float | Tensor | None = None,
-    *,
-    beta: float = 0.2,
-    eps: float = 1e-3,
-) -> Tensor:
+def diou_loss(pred: Tensor, target: Tensor, weight: Tensor | None = None, reduction: str = "mean",
+              avg_factor: float | Tensor | None = None, *, eps: float = 1e-7) -> Tensor:
+    """Distance IoU loss ``1 - IoU + rho^2 / c^2`` (Zheng et al. 2020, Eq. 6)."""
+    _check_boxes(pred, target)
+    iou, penalty = _diou_terms(pred, target, eps)
+    return _reduce_box_loss(1 - iou + penalty, pred, weight, reduction, avg_factor)
+
+
+def ciou_loss(pred: Tensor, target: Tensor, weight: Tensor | None = None, reduction: str = "mean",
+              avg_factor: float | Tensor | None = None, *, eps: float = 1e-7) -> Tensor:
+    """Complete IoU loss ``1 - IoU + rho^2 / c^2 + alpha * v`` (Zheng et al. 2020, Eq. 10-11)."""
+    _check_boxes(pred, target)
+    iou, penalty = _diou_terms(pred, target, eps)
+    loss = 1 - iou + penalty + _aspect_ratio_term(pred, target, iou, eps)
+    return _reduce_box_loss(loss, pred, weight, reduction, avg_factor)
+
+
+def bounded_iou_loss(pred: Tensor, target: Tensor, weight: Tensor | None = None, reduction: str = "mean",
+                     avg_factor: float | Tensor | None = None, *, beta: float = 0.2, eps: float = 1e-3) -> Tensor:
     """Bounded IoU loss (Tychsen-Smith and Petersson 2018, Sec. 3.2), per box summed over x, y, w, h.
 
     ``eps`` keeps the ratios finite for degenerate boxes (mmdetection: 1e-3). Shapes as in the module
@@ -207,11 +179,15 @@ def bounded_iou_loss(
     loss_size = 1 - torch.min(target_size / (pred_size + eps), pred_size / (target_size + eps))
     terms = torch.cat([loss_ctr, loss_size], dim=-1)                       # (..., 4): x, y, w, h
     loss = torch.where(terms < beta, 0.5 * terms * terms / beta, terms - 0.5 * beta).sum(-1)
-    return weight_reduce_loss(loss, _box_weight(weight, pred), reduction, avg_factor)
+    return _reduce_box_loss(loss, pred, weight, reduction, avg_factor)
 
 
 class _IoUFamilyLoss(BoxLoss):
+    """A loss on decoded boxes calling ``function(pred, target, weight, reduction, avg_factor, eps=...,
+    **options)``, with the keyword options of :meth:`options`."""
+
     space = "boxes"
+    function: ClassVar[Callable[..., Tensor]]
 
     def __init__(self, eps: float = 1e-7, reduction: str = "mean", loss_weight: float = 1.0) -> None:
         super().__init__(reduction, loss_weight)
@@ -219,9 +195,17 @@ class _IoUFamilyLoss(BoxLoss):
             raise ValueError(f"eps must be positive, got {eps!r}")
         self.eps = float(eps)
 
+    def options(self) -> dict[str, Any]:
+        return {}
+
+    def loss(self, pred, target, weight, reduction, avg_factor, **kwargs):
+        return type(self).function(pred, target, weight, reduction, avg_factor, eps=self.eps, **self.options())
+
 
 class IoULoss(_IoUFamilyLoss):
     """IoU loss (UnitBox, Yu et al. 2016) on decoded boxes; config name ``iou``. See :func:`iou_loss`."""
+
+    function = iou_loss
 
     def __init__(self, mode: str = "log", eps: float = 1e-7, reduction: str = "mean",
                  loss_weight: float = 1.0) -> None:
@@ -230,33 +214,29 @@ class IoULoss(_IoUFamilyLoss):
             raise ValueError(f'mode must be "log", "linear" or "square", got {mode!r}')
         self.mode = mode
 
-    def loss(self, pred, target, weight, reduction, avg_factor, **kwargs):
-        return iou_loss(pred, target, weight, reduction, avg_factor, eps=self.eps, mode=self.mode)
+    def options(self) -> dict[str, Any]:
+        return {"mode": self.mode}
 
 
 class GIoULoss(_IoUFamilyLoss):
     """GIoU loss (Rezatofighi et al., CVPR 2019) on decoded boxes; config name ``giou``."""
-
-    def loss(self, pred, target, weight, reduction, avg_factor, **kwargs):
-        return giou_loss(pred, target, weight, reduction, avg_factor, eps=self.eps)
+    function = giou_loss
 
 
 class DIoULoss(_IoUFamilyLoss):
     """DIoU loss (Zheng et al., AAAI 2020, Eq. 6) on decoded boxes; config name ``diou``."""
-
-    def loss(self, pred, target, weight, reduction, avg_factor, **kwargs):
-        return diou_loss(pred, target, weight, reduction, avg_factor, eps=self.eps)
+    function = diou_loss
 
 
 class CIoULoss(_IoUFamilyLoss):
     """CIoU loss (Zheng et al., AAAI 2020, Eq. 10-11) on decoded boxes; config name ``ciou``."""
-
-    def loss(self, pred, target, weight, reduction, avg_factor, **kwargs):
-        return ciou_loss(pred, target, weight, reduction, avg_factor, eps=self.eps)
+    function = ciou_loss
 
 
 class BoundedIoULoss(_IoUFamilyLoss):
     """Bounded IoU loss (Tychsen-Smith and Petersson, CVPR 2018) on decoded boxes; config ``bounded_iou``."""
+
+    function = bounded_iou_loss
 
     def __init__(self, beta: float = 0.2, eps: float = 1e-3, reduction: str = "mean",
                  loss_weight: float = 1.0) -> None:
@@ -265,5 +245,5 @@ class BoundedIoULoss(_IoUFamilyLoss):
             raise ValueError(f"beta must be positive, got {beta!r}")
         self.beta = float(beta)
 
-    def loss(self, pred, target, weight, reduction, avg_factor, **kwargs):
-        return bounded_iou_loss(pred, target, weight, reduction, avg_factor, beta=self.beta, eps=self.eps)
+    def options(self) -> dict[str, Any]:
+        return {"beta": self.beta}

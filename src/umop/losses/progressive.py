@@ -165,6 +165,18 @@ class ProgressiveFocalLossFunction(torch.autograd.Function):
         return (scale_saved_gradient(grad, grad_total),) + (None,) * 15
 
 
+def _avg_factor_from_deprecated(avg_factor: Tensor | float | None, normalizer: Tensor | float | None,
+                                caller: str) -> Tensor | float | None:
+    """``avg_factor``, or the deprecated ``normalizer`` alias with a DeprecationWarning (not both)."""
+    if normalizer is None:
+        return avg_factor
+    if avg_factor is not None:
+        raise ValueError("give avg_factor only (normalizer is its deprecated alias), not both")
+    warnings.warn(f"{caller}(..., normalizer=...) is deprecated, use avg_factor=...", DeprecationWarning,
+                  stacklevel=3)
+    return normalizer
+
+
 def progressive_focal_loss(logits: Tensor, targets: Tensor, num_priors_per_level: Sequence[int],
                            weight: Tensor | None = None, avg_factor: Tensor | float | None = None, *,
                            gamma: float = 2.0, delta: float = 0.5, w: float | None = None,
@@ -198,12 +210,7 @@ def progressive_focal_loss(logits: Tensor, targets: Tensor, num_priors_per_level
     Returns:
         The scalar loss, or ``(loss, stats)`` with ``return_stats=True``.
     """
-    if normalizer is not None:
-        if avg_factor is not None:
-            raise ValueError("give avg_factor only (normalizer is its deprecated alias), not both")
-        warnings.warn("progressive_focal_loss(normalizer=...) is deprecated, use avg_factor=...",
-                      DeprecationWarning, stacklevel=2)
-        avg_factor = normalizer
+    avg_factor = _avg_factor_from_deprecated(avg_factor, normalizer, "progressive_focal_loss")
     check_classification_inputs(logits, targets, num_priors_per_level, weight)
     check_pfl_options(gamma, delta, w, estimator, level_reduction)
     logits = upcast_low_precision(logits)  # bf16/fp16 (AMP): gamma_ad and the loss in float32
@@ -263,12 +270,7 @@ class ProgressiveFocalLoss(ClassificationLoss):
                 weight: Tensor | None = None, avg_factor: Tensor | float | None = None, *,
                 quality: Tensor | None = None, loc_error: Tensor | None = None, positive: Tensor | None = None,
                 normalizer: Tensor | float | None = None) -> tuple[Tensor, dict[str, Tensor]]:
-        if normalizer is not None:
-            if avg_factor is not None:
-                raise ValueError("give avg_factor only (normalizer is its deprecated alias), not both")
-            warnings.warn("ProgressiveFocalLoss(..., normalizer=...) is deprecated, use avg_factor=...",
-                          DeprecationWarning, stacklevel=2)
-            avg_factor = normalizer
+        avg_factor = _avg_factor_from_deprecated(avg_factor, normalizer, "ProgressiveFocalLoss")
         loss, stats = super().forward(logits, targets, num_priors_per_level, weight, avg_factor,
                                       quality=quality, loc_error=loc_error, positive=positive)
         self.last_stats = stats

@@ -37,7 +37,7 @@ from ..distributed import mean_over_processes
 from ..layers import NormLayer, Scale, conv_tower, flatten_level, group_norm, log_variance_conv, prediction_conv, prior_bias
 from .anchors import AnchorGenerator, atss_anchor_generator
 from .box_coder import DeltaXYWHBoxCoder
-from .detector import LossInputs, OneStageDetector
+from .detector import AnchorBasedDetector, LossInputs
 
 __all__ = ["ATSS", "ATSSHead", "ATSS_TARGET_STDS", "centerness_loss", "centerness_score_factors",
            "centerness_box_weights"]
@@ -124,7 +124,7 @@ def centerness_of_priors(priors: Tensor, boxes: Tensor) -> Tensor:
     return fcos_centerness(distances)
 
 
-class ATSS(OneStageDetector):
+class ATSS(AnchorBasedDetector):
     """ATSS detector on an FPN backbone.
 
     Args:
@@ -144,24 +144,11 @@ class ATSS(OneStageDetector):
     default_box_loss = "giou"
     default_loss_weights = {"loss_cls": 1.0, "loss_box": 2.0, "loss_centerness": 1.0}
     default_nms_thresh = 0.6
-    clamp_positives_per_image = True
-    has_delta_coder = True
-    supports_log_var = True
 
-    def __init__(
-        self,
-        backbone: nn.Module,
-        num_classes: int,
-        *,
-        anchor_generator: Optional[AnchorGenerator] = None,
-        head: Optional[nn.Module] = None,
-        assigner: Optional[Callable[..., AssignResult]] = None,
-        box_coder: Optional[DeltaXYWHBoxCoder] = None,
-        head_norm_layer: Optional[NormLayer] = group_norm,
-        num_convs: int = 4,
-        prior_probability: float = 0.01,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, backbone: nn.Module, num_classes: int, *, anchor_generator: Optional[AnchorGenerator] = None,
+                 head: Optional[nn.Module] = None, assigner: Optional[Callable[..., AssignResult]] = None,
+                 box_coder: Optional[DeltaXYWHBoxCoder] = None, head_norm_layer: Optional[NormLayer] = group_norm,
+                 num_convs: int = 4, prior_probability: float = 0.01, **kwargs: Any) -> None:
         strides = getattr(backbone, "strides", (8, 16, 32, 64, 128))
         anchor_generator = anchor_generator or atss_anchor_generator(strides)
         if anchor_generator.num_priors_per_location != 1:

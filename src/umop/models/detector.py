@@ -60,7 +60,7 @@ from ..structures.levels import level_index_for
 from ..structures.targets import masked_box_pairs, matched_gt_boxes, one_hot_targets
 from .backbone import feature_size
 
-__all__ = ["OneStageDetector", "LossInputs", "check_components"]
+__all__ = ["OneStageDetector", "AnchorBasedDetector", "LossInputs", "check_components"]
 
 
 class LossInputs:
@@ -510,3 +510,13 @@ class OneStageDetector(nn.Module):
             for b, s, l, v in zip(boxes[kept].split(per_image), top_scores[kept].split(per_image),
                                   top_labels[kept].split(per_image), levels[kept].split(per_image))
         ]
+
+
+class AnchorBasedDetector(OneStageDetector):
+    """A detector whose priors are anchor boxes regressed as deltas (RetinaNet, ATSS), with mmdetection's
+    ``AnchorHead`` conventions: a delta box coder (so the deltas box losses apply), a head that can grow
+    KL loss's log-variance branch, and ``avg_factor = sum_i max(pos_i, 1)`` over the images."""
+
+    has_delta_coder = True
+    supports_log_var = True
+    clamp_positives_per_image = True

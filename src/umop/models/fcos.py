@@ -116,24 +116,12 @@ class FCOS(OneStageDetector):
     default_nms_thresh = 0.5
     uses_valid_flags = False
 
-    def __init__(
-        self,
-        backbone: nn.Module,
-        num_classes: int,
-        *,
-        point_generator: Optional[PointGenerator] = None,
-        head: Optional[nn.Module] = None,
-        assigner: Optional[Callable[..., AssignResult]] = None,
-        regress_ranges: Sequence[tuple[float, float]] = FCOS_REGRESS_RANGES,
-        center_sampling: bool = True,
-        center_sample_radius: float = 1.5,
-        centerness_on_reg: bool = True,
-        norm_on_bbox: bool = True,
-        head_norm_layer: Optional[NormLayer] = group_norm,
-        num_convs: int = 4,
-        prior_probability: float = 0.01,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, backbone: nn.Module, num_classes: int, *, point_generator: Optional[PointGenerator] = None,
+                 head: Optional[nn.Module] = None, assigner: Optional[Callable[..., AssignResult]] = None,
+                 regress_ranges: Sequence[tuple[float, float]] = FCOS_REGRESS_RANGES, center_sampling: bool = True,
+                 center_sample_radius: float = 1.5, centerness_on_reg: bool = True, norm_on_bbox: bool = True,
+                 head_norm_layer: Optional[NormLayer] = group_norm, num_convs: int = 4,
+                 prior_probability: float = 0.01, **kwargs: Any) -> None:
         strides = list(getattr(backbone, "strides", (8, 16, 32, 64, 128)))
         point_generator = point_generator or PointGenerator(strides, offset=0.5)
         if head is None:

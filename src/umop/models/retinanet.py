@@ -21,7 +21,7 @@ from ..assigners.max_iou import MaxIoUAssigner
 from ..layers import log_variance_conv
 from .anchors import AnchorGenerator, retinanet_anchor_generator
 from .box_coder import DeltaXYWHBoxCoder
-from .detector import OneStageDetector
+from .detector import AnchorBasedDetector
 
 __all__ = ["RetinaNet", "RetinaNetHead", "RetinaNetClassificationHead", "RetinaNetRegressionHead",
            "load_torchvision_retinanet_weights"]
@@ -112,7 +112,7 @@ class RetinaNetHead(nn.Module):
         return outputs
 
 
-class RetinaNet(OneStageDetector):
+class RetinaNet(AnchorBasedDetector):
     """RetinaNet on an FPN backbone.
 
     Args:
@@ -135,28 +135,16 @@ class RetinaNet(OneStageDetector):
     weights: ``loss_cls`` 1, ``loss_box`` 1.
     """
 
-    default_nms_thresh = 0.5
-    clamp_positives_per_image = True
-
     default_box_loss = "l1"
     default_loss_weights = {"loss_cls": 1.0, "loss_box": 1.0}
-    has_delta_coder = True
-    supports_log_var = True
+    default_nms_thresh = 0.5
 
-    def __init__(
-        self,
-        backbone: nn.Module,
-        num_classes: int,
-        *,
-        anchor_generator: Optional[AnchorGenerator] = None,
-        head: Optional[nn.Module] = None,
-        assigner: Optional[Callable[..., AssignResult]] = None,
-        head_norm_layer: Optional[Callable[..., nn.Module]] = None,
-        prior_probability: float = 0.01,
-        head_num_convs: int = 4,
-        **kwargs: Any,
-    ) -> None:
-        anchor_generator = anchor_generator or retinanet_anchor_generator(getattr(backbone, "strides", (8, 16, 32, 64, 128)))
+    def __init__(self, backbone: nn.Module, num_classes: int, *, anchor_generator: Optional[AnchorGenerator] = None,
+                 head: Optional[nn.Module] = None, assigner: Optional[Callable[..., AssignResult]] = None,
+                 head_norm_layer: Optional[Callable[..., nn.Module]] = None, prior_probability: float = 0.01,
+                 head_num_convs: int = 4, **kwargs: Any) -> None:
+        strides = getattr(backbone, "strides", (8, 16, 32, 64, 128))
+        anchor_generator = anchor_generator or retinanet_anchor_generator(strides)
         super().__init__(backbone, nn.Identity(), anchor_generator, num_classes, **kwargs)
         if head is None:
             head = RetinaNetHead(backbone.out_channels, anchor_generator.num_priors_per_location, num_classes,
