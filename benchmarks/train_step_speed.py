@@ -17,8 +17,10 @@ native bf16 (no AVX512-BF16 / AMX) bf16 is emulated and many times slower: the A
     python benchmarks/train_step_speed.py                               # CPU, both models
     python benchmarks/train_step_speed.py --device cuda --amp-dtype fp16
 
-Goals (issue 12, CPU with AMX): RetinaNet R50 umop bf16 >= 2.0x torchvision fp32; ATSS-R18 umop bf16 >= 1.8x
-umop fp32. Earlier goal: torchvision fp32 / umop fp32 >= 1.0 on CPU, >= 1.3 on a GPU.
+Goals (issue 12, CPU with native bf16: AVX512-BF16 or AMX): RetinaNet R50 umop bf16 >= 2.0x torchvision fp32;
+ATSS-R18 umop bf16 >= 1.8x umop fp32 (``--channels-last`` also times umop with ``channels_last=True``, the
+model option, and prints the goals for it). Earlier goal: torchvision fp32 / umop fp32 >= 1.0 on CPU, >= 1.3
+on a GPU.
 """
 
 from __future__ import annotations
@@ -176,6 +178,8 @@ def run_setting(setting: str, args, device: torch.device, amp_dtype: torch.dtype
     ratio(f"torchvision {amp}", f"umop {amp}")
     ratio("umop fp32", "umop fp32 channels_last")
     ratio(f"umop {amp}", f"umop {amp} channels_last")
+    ratio("torchvision fp32", f"umop {amp} channels_last", goal=2.0 if setting == "retinanet_r50" else None)
+    ratio("umop fp32", f"umop {amp} channels_last", goal=1.8 if setting == "atss_r18" else None)
     if setting == "retinanet_r50" and args.loss_path:
         loss_times = loss_path_times(models["umop"], models["torchvision"], images, targets, device,
                                      repeats=max(5, args.repeats))

@@ -109,3 +109,50 @@ def test_timm_backbone_without_timm_is_a_clear_error():
 def test_unknown_backbone_lists_valid_names():
     with pytest.raises(ValueError, match="resnet50"):
         build_backbone("vgg16")
+
+
+def test_frozen_batch_norm_equals_torchvision_in_float32_and_keeps_bf16():
+    from torchvision.ops.misc import FrozenBatchNorm2d as TorchvisionFrozenBatchNorm2d
+
+    from umop.layers import FrozenBatchNorm2d as LayersFrozenBatchNorm2d
+
+    generator = torch.Generator().manual_seed(0)
+    assert LayersFrozenBatchNorm2d is FrozenBatchNorm2d                # umop.models re-exports it
+    ours, theirs = FrozenBatchNorm2d(8, eps=1e-5), TorchvisionFrozenBatchNorm2d(8, eps=1e-5)
+    state = {"weight": torch.rand(8, generator=generator) + 0.5, "bias": torch.randn(8, generator=generator),
+             "running_mean": torch.randn(8, generator=generator),
+             "running_var": torch.rand(8, generator=generator) + 0.1}
+    ours.load_state_dict(state)
+    theirs.load_state_dict(state)
+    x = torch.randn(2, 8, 5, 7, generator=generator)
+    assert torch.equal(ours(x), theirs(x))                      # bit-identical in float32
+    low = ours(x.bfloat16())
+    assert low.dtype == torch.bfloat16                          # torchvision's would promote to float32
+    assert theirs(x.bfloat16()).dtype == torch.float32
+    # bf16 rounding of scale, bias and the two ops, against float32 on the same bf16 input
+    reference = theirs(x.bfloat16().float())
+    scale = state["weight"] / (state["running_var"] + 1e-5).sqrt()
+    bias = state["bias"] - state["running_mean"] * scale
+    terms = x.abs() * scale.abs().view(1, -1, 1, 1) + bias.abs().view(1, -1, 1, 1)   # |x * scale| + |bias|
+    assert ((low.float() - reference).abs() <= 4 * 2 ** -8 * terms).all()     # a few bf16 roundings (eps 2^-8)
+    # the backbone uses it, and a state dict with num_batches_tracked (from nn.BatchNorm2d) still loads
+    assert isinstance(build_backbone("resnet18", out_channels=32).body.bn1, FrozenBatchNorm2d)
+    ours.load_state_dict({**state, "num_batches_tracked": torch.tensor(3)})
+
+
+def test_channels_last_max_pool_equals_max_pool_in_every_path():
+    from umop.layers import ChannelsLastMaxPool2d
+
+    pool, reference = ChannelsLastMaxPool2d(3, 2, 1), torch.nn.MaxPool2d(3, 2, 1)
+    x = torch.randn(2, 5, 13, 10, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():                                  # the channels_last path
+        out = pool(x)
+    assert torch.equal(out, reference(x)) and out.is_contiguous()
+    leaf = x.clone().requires_grad_()                      # the NCHW path, same gradient
+    pool(leaf).square().sum().backward()
+    expected = x.clone().requires_grad_()
+    reference(expected).square().sum().backward()
+    assert torch.equal(leaf.grad, expected.grad)
+    channels_last = x.contiguous(memory_format=torch.channels_last)
+    assert torch.equal(pool(channels_last), reference(x))
+    assert isinstance(build_backbone("resnet18", out_channels=32).body.maxpool, ChannelsLastMaxPool2d)

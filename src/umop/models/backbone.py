@@ -21,9 +21,9 @@ from torch import Tensor, nn
 from torchvision import models as tv_models
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelP6P7
-from torchvision.ops.misc import FrozenBatchNorm2d
 
 from ..errors import MissingDependencyError, UserError
+from ..layers import ChannelsLastMaxPool2d, FrozenBatchNorm2d
 
 __all__ = [
     "FrozenBatchNorm2d",
@@ -114,6 +114,7 @@ def build_resnet(
         raise ValueError(f"backbone: unknown torchvision backbone {name!r}; valid: {sorted(TORCHVISION_BACKBONES)}")
     constructor, _ = TORCHVISION_BACKBONES[name]
     resnet = getattr(tv_models, constructor)(weights=None, norm_layer=norm_layer)
+    resnet.maxpool = ChannelsLastMaxPool2d(kernel_size=3, stride=2, padding=1)  # same op, vectorised on CPU
     if pretrained or weights_path is not None:
         state = _load_pretrained_state_dict(name, weights_path)
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
