@@ -53,6 +53,27 @@ def test_every_classification_loss_reports_the_same_level_statistics(name):
         assert set(stats) == {"num_positive", "num_anchors"}
 
 
+@pytest.mark.parametrize("name", ["varifocal", "pfl"])
+def test_valid_mask_limits_the_statistics_not_the_loss(name):
+    """``valid=`` (the detector's valid flags) counts only the priors inside their image, also where the loss
+    weighs every prior (VFNet's varifocal loss: weight 1 in the padding), and leaves the loss unchanged."""
+    logits, targets, priors, _, labels, quality, loc_error = _batch(2)
+    weight = torch.ones(labels.shape, dtype=torch.float64)
+    valid = torch.ones(labels.shape, dtype=torch.bool)
+    valid[1, 4:6] = False                      # image 1: two P3 priors (index 4, 5) and one P4 prior in padding
+    valid[1, 8] = False
+    targets = targets * valid.unsqueeze(-1)    # no positive in the padding
+    module = build_cls_loss(name).double()
+    loss, stats = module(logits, targets, priors, weight, 4.0, quality=quality, loc_error=loc_error, valid=valid)
+    loss_all, stats_all = module(logits, targets, priors, weight, 4.0, quality=quality, loc_error=loc_error)
+    torch.testing.assert_close(loss, loss_all)
+    assert stats_all["num_anchors"].tolist() == [12.0, 6.0]                 # 2 images x (6, 3) priors
+    assert stats["num_anchors"].tolist() == [12.0 - 2, 6.0 - 1]
+    torch.testing.assert_close(stats["num_positive"], stats_all["num_positive"])
+    with pytest.raises(ValueError, match="valid must be"):
+        module(logits, targets, priors, weight, 4.0, quality=quality, loc_error=loc_error, valid=valid[:, :3])
+
+
 def test_focal_module_is_the_detectors_focal_loss():
     logits, targets, priors, weight, *_ = _batch(1)
     avg = torch.tensor(3.0, dtype=torch.float64)

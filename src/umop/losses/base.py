@@ -3,7 +3,7 @@
 :class:`ClassificationLoss` — one classification loss of a dense detector::
 
     loss, stats = cls_loss(logits, targets, num_priors_per_level, weight, avg_factor,
-                           quality=None, loc_error=None)
+                           quality=None, loc_error=None, positive=None, valid=None)
 
 - ``logits``: ``(B, A, C)``, the priors (anchors / points) of all pyramid levels concatenated in level order;
 - ``targets``: ``(B, A, C)`` float one-hot targets (a background prior is a row of zeros);
@@ -16,11 +16,14 @@
 - ``loc_error``: ``(B, A)`` or ``None``, the per-prior localisation loss (with gradient), for losses that
   also produce the box loss (``needs_loc_error``);
 - ``positive``: ``(B, A)`` bool or ``None``, optional: the assignment's positive mask, used only for the
-  statistics (without it they are read from ``targets``, one extra pass over ``(B, A, C)``).
+  statistics (without it they are read from ``targets``, one extra pass over ``(B, A, C)``);
+- ``valid``: ``(B, A)`` bool or ``None``, optional: the priors inside their image (the detector's valid
+  flags), used only for the statistics: a prior counts where ``weight > 0`` and it is valid. It matters where
+  a loss weighs the priors of the padding too (VFNet's varifocal loss, as mmdetection's ``VFNetHead``).
 
 It returns the loss (a 0-d tensor, or with ``replaces_box_loss`` a dict ``{"loss_cls", "loss_box"}``) and a
 dict of per-level statistics, every tensor ``(L,)`` and detached: ``num_positive`` (positive priors with
-weight > 0) and ``num_anchors`` (priors with weight > 0, summed over the batch), computed once here for every
+weight > 0) and ``num_anchors`` (valid priors with weight > 0, summed over the batch), computed once here for every
 loss; a loss may add its own (PFL: ``gamma_ad``, ``alpha_ad``). Subclasses implement :meth:`compute`.
 
 Class attributes say what a loss needs, so that a detector can prepare its inputs and ``build_detector`` can
@@ -72,20 +75,23 @@ def check_classification_inputs(logits: Tensor, targets: Tensor, num_priors_per_
 
 
 def level_statistics(targets: Tensor, num_priors_per_level: Sequence[int], weight: Tensor | None,
-                     positive: Tensor | None = None) -> dict[str, Tensor]:
+                     positive: Tensor | None = None, valid: Tensor | None = None) -> dict[str, Tensor]:
     """``num_positive`` and ``num_anchors`` per level ``(L,)`` float32, summed over the batch.
 
     A prior is positive when its target row sums to more than 0 (targets are >= 0), or where the given
     ``positive (B, A)`` mask says so (a detector has it from the assignment: no pass over the targets); it
-    counts only with ``weight > 0``. One ``(2, A) @ (A, L)`` product; no host synchronisation.
+    counts only with ``weight > 0`` and, when ``valid (B, A)`` is given, only where it is True. One
+    ``(2, A) @ (A, L)`` product; no host synchronisation.
     """
     with torch.no_grad():
         if positive is None:      # one BLAS pass, no (B, A, C) temporary
             positive = last_dim_sums(targets if targets.is_floating_point() else targets.float()) > 0
         positive = positive.bool()
-        if weight is not None:
-            valid = weight > 0
-            per_prior = torch.stack([(positive & valid).sum(0), valid.sum(0)]).float()   # (2, A)
+        counted = weight > 0 if weight is not None else None
+        if valid is not None:
+            counted = valid.bool() if counted is None else counted & valid.bool()
+        if counted is not None:
+            per_prior = torch.stack([(positive & counted).sum(0), counted.sum(0)]).float()   # (2, A)
         else:
             per_prior = torch.stack([positive.sum(0).float(),
                                      torch.full_like(positive[0], targets.shape[0], dtype=torch.float32)])
@@ -107,11 +113,12 @@ class ClassificationLoss(nn.Module):
 
     def forward(self, logits: Tensor, targets: Tensor, num_priors_per_level: Sequence[int],
                 weight: Tensor | None = None, avg_factor: float | Tensor | None = None, *,
-                quality: Tensor | None = None, loc_error: Tensor | None = None, positive: Tensor | None = None
-                ) -> tuple[Tensor | dict[str, Tensor], dict[str, Tensor]]:
+                quality: Tensor | None = None, loc_error: Tensor | None = None, positive: Tensor | None = None,
+                valid: Tensor | None = None) -> tuple[Tensor | dict[str, Tensor], dict[str, Tensor]]:
         check_classification_inputs(logits, targets, num_priors_per_level, weight)
-        if positive is not None and positive.shape != logits.shape[:2]:
-            raise ValueError(f"positive must be (B, A) = {tuple(logits.shape[:2])}, got {tuple(positive.shape)}")
+        for arg, mask in (("positive", positive), ("valid", valid)):
+            if mask is not None and mask.shape != logits.shape[:2]:
+                raise ValueError(f"{arg} must be (B, A) = {tuple(logits.shape[:2])}, got {tuple(mask.shape)}")
         name = type(self).__name__
         if self.needs_quality and quality is None:
             raise ValueError(f"{name} needs quality (B, A): the IoU of each positive's decoded box")
@@ -124,7 +131,7 @@ class ClassificationLoss(nn.Module):
             avg_factor = 1.0
         loss, extra = self.compute(logits, targets, num_priors_per_level, weight, avg_factor,
                                    quality=quality, loc_error=loc_error)
-        stats = level_statistics(targets, num_priors_per_level, weight, positive)
+        stats = level_statistics(targets, num_priors_per_level, weight, positive, valid)
         stats.update({key: value.detach() for key, value in extra.items()})
         if self.loss_weight != 1.0:
             loss = ({key: self.loss_weight * value for key, value in loss.items()} if isinstance(loss, dict)

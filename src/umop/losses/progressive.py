@@ -269,10 +269,11 @@ class ProgressiveFocalLoss(ClassificationLoss):
     def forward(self, logits: Tensor, targets: Tensor, num_priors_per_level: Sequence[int],
                 weight: Tensor | None = None, avg_factor: Tensor | float | None = None, *,
                 quality: Tensor | None = None, loc_error: Tensor | None = None, positive: Tensor | None = None,
-                normalizer: Tensor | float | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+                valid: Tensor | None = None, normalizer: Tensor | float | None = None
+                ) -> tuple[Tensor, dict[str, Tensor]]:
         avg_factor = _avg_factor_from_deprecated(avg_factor, normalizer, "ProgressiveFocalLoss")
         loss, stats = super().forward(logits, targets, num_priors_per_level, weight, avg_factor,
-                                      quality=quality, loc_error=loc_error, positive=positive)
+                                      quality=quality, loc_error=loc_error, positive=positive, valid=valid)
         self.last_stats = stats
         return loss, stats
 

@@ -381,7 +381,7 @@ class OneStageDetector(nn.Module):
         result, stats = self.cls_loss(logits, targets, assign_result.num_anchors_per_level, weight,
                                       inputs.avg_factor, quality=inputs.quality if self.cls_loss.needs_quality else None,
                                       loc_error=per_prior_box if self.cls_loss.needs_loc_error else None,
-                                      positive=positive)
+                                      positive=positive, valid=assign_result.prior_valid)
         weights = self.loss_weights
         if isinstance(result, dict):  # aLRP: the classification loss produces the (self-balanced) box loss
             losses = {key: value * weights["loss_cls"] for key, value in result.items()}

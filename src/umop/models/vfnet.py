@@ -40,12 +40,11 @@ from torch import Tensor, nn
 from torchvision.ops import DeformConv2d
 
 from ..assigners.atss import ATSSAssigner
-from ..assigners.common import AssignResult, PaddedTargets
+from ..assigners.common import AssignResult
 from ..assigners.fcos import FCOS_REGRESS_RANGES
 from ..distributed import mean_over_processes
 from ..layers import NormLayer, Scale, conv_tower, flatten_level, group_norm, prediction_conv, prior_bias
 from ..losses import VarifocalLoss, aligned_box_iou
-from ..structures.levels import level_matrix_for
 from ..structures.targets import masked_box_pairs
 from .anchors import AnchorGenerator
 from .box_coder import DistancePointCoder
@@ -228,17 +227,8 @@ class VFNet(OneStageDetector):
 
     def classification_weight(self, assign_result: AssignResult, dtype: torch.dtype) -> Tensor:
         """As mmdetection's ``VFNetHead``: the varifocal loss gets no label weights (the priors outside their
-        image count as background, weight 1); every other classification loss gets the valid priors only."""
+        image count as background, weight 1); every other classification loss gets the valid priors only. The
+        level statistics count the valid priors either way (``valid=`` of the loss protocol)."""
         if isinstance(self.cls_loss, VarifocalLoss):
             return torch.ones_like(assign_result.labels, dtype=dtype)
         return super().classification_weight(assign_result, dtype)
-
-    def compute_losses(self, head_outputs: dict[str, Tensor], priors: Tensor, assign_result: AssignResult,
-                       gt: PaddedTargets) -> dict[str, Any]:
-        losses = super().compute_losses(head_outputs, priors, assign_result, gt)
-        if isinstance(self.cls_loss, VarifocalLoss) and assign_result.prior_valid is not None:
-            # the level statistics count the valid priors only, also where the varifocal loss sees them all
-            per_prior = assign_result.prior_valid.sum(dim=0, dtype=torch.float32)  # (A,)
-            matrix = level_matrix_for(assign_result.num_anchors_per_level, per_prior.device, torch.float32)
-            losses["stats"]["num_anchors"] = per_prior @ matrix
-        return losses
