@@ -17,7 +17,7 @@ AP = {("focal", 0): 0.28, ("focal", 1): 0.31, ("focal", 2): 0.30,
       ("pfl", 0): 0.30, ("pfl", 1): 0.34, ("pfl", 2): 0.29}
 
 
-def _fake_cell(spec: StudySpec, cell, ap: float, stopped_early: bool = False) -> None:
+def _fake_cell(spec: StudySpec, cell, ap: float, stopped_early: bool = False, epochs: int = 4) -> None:
     """A finished run folder as the trainer leaves it (config.yaml, eval.json, summary.json)."""
     cell.run_dir.mkdir(parents=True)
     config = load_config(spec.config, ["log.progress_bar=false", *spec.overrides, *cell.overrides,
@@ -26,10 +26,10 @@ def _fake_cell(spec: StudySpec, cell, ap: float, stopped_early: bool = False) ->
     history = [{"epoch": epoch, "iter": 10 * epoch, "AP": ap * epoch / 4, "AP50": 0.6, "AP75": 0.2, "APs": -1.0,
                 "APm": 0.25, "APl": 0.4, "per_class": {"a": ap + 0.01, "b": ap - 0.01}, "num_images": 4,
                 "num_failed_images": 0, "oLRP": 1 - ap, "per_class_lrp": {"a": {"oLRP": 0.9, "FP": 0.2}}}
-               for epoch in (1, 2, 3, 4)]
+               for epoch in range(1, epochs + 1)]
     (cell.run_dir / "eval.json").write_text(json.dumps(history))
     (cell.run_dir / "summary.json").write_text(json.dumps(
-        {"run_dir": str(cell.run_dir), "epochs": 4, "iterations": 40, "stopped_early": stopped_early,
+        {"run_dir": str(cell.run_dir), "epochs": epochs, "iterations": 10 * epochs, "stopped_early": stopped_early,
          "train_seconds": 12.0 + cell.seed, "eval": history[-1]}))
     (cell.run_dir / "study_attempts.jsonl").write_text(json.dumps({"seconds": 20.0, "returncode": 0}) + "\n")
 
@@ -120,3 +120,25 @@ def test_a_finished_cell_run_with_other_settings_is_refused(fake_study):
         check_cells(changed, plan_cells(changed)[1])
     logging_only = StudySpec(spec.config, spec.vary, spec.seeds, spec.out, ["solver.epochs=4", "log.every=3"])
     check_cells(logging_only, plan_cells(logging_only)[1])  # logging does not change the trained model
+
+
+def test_ap_curves_mark_means_over_fewer_seeds(tmp_path):
+    """A cell stopped early by the time cap (pfl seed 2, after epoch 2 of 4) leaves the later means: the curve
+    data says which epochs are means over fewer seeds, and where the stopped cell's last evaluation is."""
+    from umop.study.report import ap_curves
+
+    spec = StudySpec("demo_synthetic", [parse_vary("cls_loss=focal,pfl")], [0, 1, 2], str(tmp_path / "study"),
+                     ["solver.epochs=4"])
+    _variants, cells = plan_cells(spec)
+    for cell in cells:
+        stopped = (cell.variant, cell.seed) == ("pfl", 2)
+        _fake_cell(spec, cell, AP[(cell.variant, cell.seed)], stopped_early=stopped, epochs=2 if stopped else 4)
+    record = run_study(spec)
+    curves = ap_curves(record)
+    assert curves["focal"]["finished"] == 3 and curves["focal"]["stopped"] == []
+    assert [len(curves["focal"]["per_epoch"][e]) for e in (1, 2, 3, 4)] == [3, 3, 3, 3]
+    pfl = curves["pfl"]
+    assert pfl["planned"] == 4 and pfl["finished"] == 3
+    assert [len(pfl["per_epoch"][e]) for e in (1, 2, 3, 4)] == [3, 3, 2, 2]
+    assert pfl["stopped"] == [(2, pytest.approx(AP[("pfl", 2)] * 2 / 4))]
+    assert (tmp_path / "study" / "figures" / "ap_vs_epoch.png").is_file()

@@ -324,6 +324,38 @@ def render_markdown(record: dict[str, Any]) -> str:
 
 # ----------------------------------------------------------------------------------------------- figures
 
+_VARIANT_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+                    "#bcbd22", "#17becf")  # matplotlib's tab10
+
+
+def _variant_style(index: int) -> tuple[str, str]:
+    """(colour, line style) of the index-th variant: ten colours, then the same colours dashed."""
+    return _VARIANT_COLOURS[index % 10], ("-", "--", ":")[(index // 10) % 3]
+
+
+def ap_curves(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """AP-vs-epoch data of every variant's finished cells: ``{variant: {"planned": epochs of the config,
+    "per_epoch": {epoch: [AP of each seed evaluated there]}, "finished": number of finished cells,
+    "stopped": [(epoch, AP) of the last evaluation of each cell stopped early by the time cap]}}``.
+    An epoch with fewer APs than ``finished`` is a mean over fewer seeds (a stopped cell has no later epochs)."""
+    curves = {}
+    for variant in record["variants"]:
+        curve: dict[str, Any] = {"planned": None, "per_epoch": {}, "finished": 0, "stopped": []}
+        for c in record["cells"]:
+            if c["variant"] != variant or c["status"] != "finished":
+                continue
+            curve["planned"] = curve["planned"] or c["planned_epochs"]
+            curve["finished"] += 1
+            history = [e for e in c["eval_history"] if "AP" in e]
+            for e in history:
+                curve["per_epoch"].setdefault(e["epoch"], []).append(e["AP"])
+            if c["stopped_early"] and history:
+                curve["stopped"].append((history[-1]["epoch"], history[-1]["AP"]))
+        if curve["per_epoch"]:
+            curves[variant] = curve
+    return curves
+
+
 def _figures(record: dict[str, Any], cells: list[Any], out: Path) -> list[tuple[str, Path, str]]:
     """Draw the figures into ``out/figures``; returns (title, path, caption) of each one drawn."""
     from ..analysis.plots import LEVEL_COLOURS, new_figure, save
@@ -343,7 +375,7 @@ def _figures(record: dict[str, Any], cells: list[Any], out: Path) -> list[tuple[
                     continue
                 x = j + (i - (len(variants) - 1) / 2) * width
                 axis.bar(x, 100 * entry["mean"], width * 0.9, yerr=100 * (entry["std"] or 0.0), capsize=4,
-                         color=LEVEL_COLOURS[i % len(LEVEL_COLOURS)], alpha=0.8, label=variant if j == 0 else None)
+                         color=_variant_style(i)[0], alpha=0.8, label=variant if j == 0 else None)
                 seeds = list(entry["by_seed"].values())
                 axis.plot([x] * len(seeds), [100 * s for s in seeds], "k.", markersize=5)
         axis.set_xticks(range(len(shown)), shown)
@@ -354,29 +386,26 @@ def _figures(record: dict[str, Any], cells: list[Any], out: Path) -> list[tuple[
         drawn.append(("AP per variant", save(figure, figures_dir / "ap_bars.png"),
                       "Bar: mean over seeds; error bar: ± one sample standard deviation; dots: the seeds."))
 
-    curves = {}
-    for variant in variants:
-        per_epoch: dict[int, list[float]] = {}
-        planned = None
-        for c in record["cells"]:
-            if c["variant"] == variant and c["status"] == "finished":
-                planned = planned or c["planned_epochs"]
-                for e in c["eval_history"]:
-                    if "AP" in e:
-                        per_epoch.setdefault(e["epoch"], []).append(e["AP"])
-        if per_epoch:
-            curves[variant] = (planned, per_epoch)
+    curves = ap_curves(record)
     if curves:
         figure, axes = new_figure(1, panel_size=(6.4, 4.0))
         axis = axes[0]
-        for i, (variant, (planned, per_epoch)) in enumerate(curves.items()):
+        for variant, curve in curves.items():
+            per_epoch, finished = curve["per_epoch"], curve["finished"]
             epochs = sorted(per_epoch)
-            colour = LEVEL_COLOURS[i % len(LEVEL_COLOURS)]
-            axis.plot(epochs, [100 * sum(per_epoch[e]) / len(per_epoch[e]) for e in epochs], marker="o",
-                      color=colour, label=f"{variant} (mean of seeds)")
+            colour, line = _variant_style(variants.index(variant))  # the bar chart's colour
+            means = [100 * sum(per_epoch[e]) / len(per_epoch[e]) for e in epochs]
+            axis.plot(epochs, means, marker="o", linestyle=line, color=colour, label=f"{variant} (mean of seeds)")
+            # a mean over fewer seeds than the variant has (a cell stopped early has no later epochs): hollow
+            fewer = [k for k, e in enumerate(epochs) if len(per_epoch[e]) < finished]
+            if fewer:
+                axis.plot([epochs[k] for k in fewer], [means[k] for k in fewer], "o", markerfacecolor="white",
+                          color=colour)
             for e in epochs:
                 axis.plot([e] * len(per_epoch[e]), [100 * v for v in per_epoch[e]], ".", color=colour, alpha=0.4)
-        planned = next((p for p, _ in curves.values() if p), None)
+            for epoch, ap in curve["stopped"]:  # the last evaluation of a cell stopped by the time cap
+                axis.plot([epoch], [100 * ap], "x", color=colour, markersize=8)
+        planned = next((curve["planned"] for curve in curves.values() if curve["planned"]), None)
         baseline_entry = summary[record["baseline"]].get("AP")
         if planned:
             for fraction in (0.5, 0.75):
@@ -392,7 +421,9 @@ def _figures(record: dict[str, Any], cells: list[Any], out: Path) -> list[tuple[
         axis.legend(fontsize=8)
         drawn.append(("AP vs epoch", save(figure, figures_dir / "ap_vs_epoch.png"),
                       "Lines: mean AP over seeds at every evaluated epoch; dots: seeds; dotted lines: 50% and 75% "
-                      "of the schedule; dashed line: the baseline's final mean AP."))
+                      "of the schedule; dashed line: the baseline's final mean AP. A hollow point is a mean over fewer "
+                      "seeds than the variant has, and a cross the last evaluation of a cell stopped early by the "
+                      "time cap: such cells leave the later means."))
 
     gamma = _gamma_series(record, cells)
     if gamma:
