@@ -1,0 +1,91 @@
+"""Re-evaluate every finished cell of a study with other test settings, and compare the variants again.
+
+    python benchmarks/reevaluate_study.py runs/study_bccd_atss --name score0 --set model.options.score_thresh=0
+
+Each finished cell's ``checkpoints/last.pt`` is evaluated by ``umop eval`` with the overrides (test settings
+only: the trained weights are the study's) into ``CELL/eval_<name>.json`` (kept: a second run reads it). The
+table (``STUDY/reeval_<name>.md``, also printed) gives per variant the study's AP, the re-evaluated AP (mean ±
+sample sd, each seed), and the paired difference to the baseline with its 95% t interval (umop.study.stats).
+
+Why: a test setting can decide a comparison. Ranking losses (AP-Loss, aLRP, Rank & Sort) order the scores but
+do not calibrate them; when their scores stay below ``score_thresh`` (0.05, the reference test setting), most
+detections are cut before NMS, whatever their ranking.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from umop.study.stats import mean_std, paired_difference
+
+
+def _evaluate(cell_dir: Path, overrides: list[str], out: Path) -> dict:
+    from umop.cli import main as umop_main
+
+    if not out.is_file():
+        code = umop_main(["eval", str(cell_dir / "checkpoints" / "last.pt"), "--set", *overrides, "--out", str(out)])
+        if code != 0:
+            raise RuntimeError(f"umop eval failed for {cell_dir} (exit {code})")
+    return json.loads(out.read_text())
+
+
+def _pm(values: dict[int, float]) -> str:
+    if not values:
+        return "-"
+    mean, std = mean_std(list(values.values()))
+    seeds = ", ".join(f"{100 * values[s]:.1f}" for s in sorted(values))
+    return f"{100 * mean:.1f}" + ("" if std != std else f" ± {100 * std:.1f}") + f" ({seeds})"
+
+
+def _difference(entry: dict | None) -> str:
+    if not entry:
+        return "-"
+    low, high = entry["ci"]
+    text = f"{100 * entry['mean']:+.1f}" + ("" if low is None else f" [{100 * low:+.1f}, {100 * high:+.1f}]")
+    return f"**{text}**" if entry.get("excludes_zero") else text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("study", type=Path)
+    parser.add_argument("--name", required=True, help="suffix of the eval files and the report (eval_<name>.json)")
+    parser.add_argument("--set", nargs="+", required=True, metavar="KEY=VALUE", help="umop eval overrides")
+    parser.add_argument("--metric", default="AP")
+    args = parser.parse_args(argv)
+    record_path = args.study / "study.json"
+    if not record_path.is_file():
+        print(f"error: no study.json in {args.study}", file=sys.stderr)
+        return 2
+    record = json.loads(record_path.read_text())
+    before: dict[str, dict[int, float]] = {v: {} for v in record["variants"]}
+    after: dict[str, dict[int, float]] = {v: {} for v in record["variants"]}
+    for cell in record["cells"]:
+        if cell["status"] != "finished":
+            continue
+        cell_dir = args.study / cell["variant"] / f"seed{cell['seed']}"  # the study's layout (runner.py)
+        out = cell_dir / f"eval_{args.name}.json"
+        if not out.is_file() and not (cell_dir / "checkpoints" / "last.pt").is_file():
+            print(f"skipped {cell_dir}: no checkpoints/last.pt (and no {out.name})", file=sys.stderr)
+            continue
+        metrics = _evaluate(cell_dir, args.set, out)
+        before[cell["variant"]][cell["seed"]] = cell["metrics"][args.metric]
+        after[cell["variant"]][cell["seed"]] = metrics[args.metric]
+    baseline = record["baseline"]
+    lines = [f"Re-evaluated with `{' '.join(args.set)}` (the study's checkpoints, test settings only).", "",
+             f"| variant | {args.metric} in the study | {args.metric} re-evaluated | minus {baseline} [95% CI] |",
+             "|---|---|---|---|"]
+    for variant in record["variants"]:
+        difference = None if variant == baseline else paired_difference(after[variant], after[baseline])
+        difference = difference.to_dict() if difference else None
+        lines.append(f"| {variant} | {_pm(before[variant])} | {_pm(after[variant])} | "
+                     f"{'-' if variant == baseline else _difference(difference)} |")
+    text = "\n".join(lines) + "\n"
+    (args.study / f"reeval_{args.name}.md").write_text(text)
+    print(text, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
