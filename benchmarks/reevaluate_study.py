@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {variant} | {_pm(before[variant])} | {_pm(after[variant])} | "
                      f"{'-' if variant == baseline else _difference(difference)} |")
     text = "\n".join(lines) + "\n"
-    (args.study / f"reeval_{args.name}.md").write_text(text)
+    suffix = "" if args.metric == "AP" else f"_{args.metric}"
+    (args.study / f"reeval_{args.name}{suffix}.md").write_text(text)
     print(text, end="")
     return 0
 
