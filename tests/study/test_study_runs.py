@@ -95,6 +95,27 @@ def test_study_is_stopped_and_continued_without_rerunning_finished_cells(tmp_pat
     assert "pfl minus focal: AP" in (out / "study.md").read_text()
     assert (out / "study.html").is_file() and (out / "figures" / "gamma_ad.png").is_file()
 
+    # the BENCHMARKS helpers on this study: the generated rows, and a re-evaluation under other test settings
+    study_rows, reevaluate = _script("study_rows"), _script("reevaluate_study")
+    rows = "\n".join(study_rows.rows(record, "AP"))
+    assert f"{100 * record['summary']['pfl']['AP']['mean']:.1f}" in rows.splitlines()[3]
+    assert reevaluate.main([str(out), "--name", "score0", "--set", "model.options.score_thresh=0"]) == 0
+    table = (out / "reeval_score0.md").read_text()
+    for cell in record["cells"]:
+        again = json.loads((out / cell["variant"] / f"seed{cell['seed']}" / "eval_score0.json").read_text())
+        assert again["AP"] >= cell["metrics"]["AP"] - 1e-9  # a lower threshold only adds lower-ranked detections
+    assert table.count("\n| focal |") == 1 and "| pfl |" in table and "score_thresh=0" in table
+
+
+def _script(name: str):
+    """A benchmarks/ script as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 @pytest.mark.slow
 def test_a_failing_cell_is_reported_and_the_others_still_run(tmp_path, tiny_data, monkeypatch, capsys):
