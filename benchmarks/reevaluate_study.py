@@ -18,7 +18,10 @@ import json
 import sys
 from pathlib import Path
 
-from umop.study.stats import mean_std, paired_difference
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from study_rows import load_record, marked_difference, with_seeds  # noqa: E402
+
+from umop.study.stats import mean_std, paired_difference  # noqa: E402
 
 
 def _evaluate(cell_dir: Path, overrides: list[str], out: Path) -> dict:
@@ -31,20 +34,12 @@ def _evaluate(cell_dir: Path, overrides: list[str], out: Path) -> dict:
     return json.loads(out.read_text())
 
 
-def _pm(values: dict[int, float]) -> str:
+def _summary(values: dict[int, float]) -> dict | None:
+    """A study.json summary entry (``{"mean", "std", "by_seed"}``) of one variant's values by seed."""
     if not values:
-        return "-"
+        return None
     mean, std = mean_std(list(values.values()))
-    seeds = ", ".join(f"{100 * values[s]:.1f}" for s in sorted(values))
-    return f"{100 * mean:.1f}" + ("" if std != std else f" ± {100 * std:.1f}") + f" ({seeds})"
-
-
-def _difference(entry: dict | None) -> str:
-    if not entry:
-        return "-"
-    low, high = entry["ci"]
-    text = f"{100 * entry['mean']:+.1f}" + ("" if low is None else f" [{100 * low:+.1f}, {100 * high:+.1f}]")
-    return f"**{text}**" if entry.get("excludes_zero") else text
+    return {"mean": mean, "std": None if std != std else std, "by_seed": values}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,11 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", nargs="+", required=True, metavar="KEY=VALUE", help="umop eval overrides")
     parser.add_argument("--metric", default="AP")
     args = parser.parse_args(argv)
-    record_path = args.study / "study.json"
-    if not record_path.is_file():
-        print(f"error: no study.json in {args.study}", file=sys.stderr)
+    record = load_record(args.study)
+    if record is None:
         return 2
-    record = json.loads(record_path.read_text())
     before: dict[str, dict[int, float]] = {v: {} for v in record["variants"]}
     after: dict[str, dict[int, float]] = {v: {} for v in record["variants"]}
     for cell in record["cells"]:
@@ -79,8 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     for variant in record["variants"]:
         difference = None if variant == baseline else paired_difference(after[variant], after[baseline])
         difference = difference.to_dict() if difference else None
-        lines.append(f"| {variant} | {_pm(before[variant])} | {_pm(after[variant])} | "
-                     f"{'-' if variant == baseline else _difference(difference)} |")
+        lines.append(f"| {variant} | {with_seeds(_summary(before[variant]), '-')} | "
+                     f"{with_seeds(_summary(after[variant]), '-')} | "
+                     f"{'-' if variant == baseline else marked_difference(difference, with_n=False)} |")
     text = "\n".join(lines) + "\n"
     suffix = "" if args.metric == "AP" else f"_{args.metric}"
     (args.study / f"reeval_{args.name}{suffix}.md").write_text(text)

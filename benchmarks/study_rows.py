@@ -4,8 +4,9 @@
 
 One row per variant: mean ± sample sd over the finished seeds (each seed's value in brackets), the paired
 difference to the baseline with its 95% t interval (bold when the interval excludes 0), oLRP, and the training
-seconds of its fastest cell (work running beside a cell only slows it). ``--convergence``: the variant's AP at 75% of the schedule against the baseline
-at 100% (the "Convergence" table of study.md).
+seconds of its fastest cell (work running beside a cell only slows it). ``--convergence``: the variant's AP at
+75% of the schedule against the baseline at 100% (the "Convergence" table of study.md). The numbers are
+formatted by umop.study.report, as in study.md.
 """
 from __future__ import annotations
 
@@ -14,24 +15,33 @@ import json
 import sys
 from pathlib import Path
 
+from umop.study.report import difference_text, mean_pm
 
-def _pm(entry: dict | None, scale: float = 100.0) -> str:
+
+def load_record(study: Path) -> dict | None:
+    """The study's ``study.json``; None (after saying why on stderr) if there is none."""
+    path = study / "study.json"
+    if not path.is_file():
+        print(f"error: no study.json in {study}", file=sys.stderr)
+        return None
+    return json.loads(path.read_text())
+
+
+def with_seeds(entry: dict | None, missing: str = "not yet run") -> str:
+    """``"mean ± sd (seed 0, seed 1, ...)"`` in percent of a summary entry (``{"mean", "std", "by_seed"}``)."""
     if not entry:
-        return "not yet run"
-    seeds = ", ".join(f"{scale * v:.1f}" for _, v in sorted(entry["by_seed"].items(), key=lambda kv: int(kv[0])))
-    std = "" if entry["std"] is None else f" ± {scale * entry['std']:.1f}"
-    return f"{scale * entry['mean']:.1f}{std} ({seeds})"
+        return missing
+    seeds = ", ".join(f"{100 * v:.1f}" for _, v in sorted(entry["by_seed"].items(), key=lambda kv: int(kv[0])))
+    return f"{mean_pm(entry)} ({seeds})"
 
 
-def _difference(entry: dict | None, scale: float = 100.0) -> str:
-    if not entry:
-        return "-"
-    low, high = entry["ci"]
-    text = f"{scale * entry['mean']:+.1f}"
-    if low is not None:
-        text += f" [{scale * low:+.1f}, {scale * high:+.1f}]"
-    text += f" (n={entry['n']})"
-    return f"**{text}**" if entry.get("excludes_zero") else text
+def marked_difference(entry: dict | None, with_n: bool = True) -> str:
+    """study.md's paired-difference text, ``(n=...)`` added after an interval if ``with_n``, in bold when the
+    interval excludes 0."""
+    text = difference_text(entry)
+    if entry and with_n and entry["ci"][0] is not None:
+        text += f" (n={entry['n']})"
+    return f"**{text}**" if entry and entry.get("excludes_zero") else text
 
 
 def rows(record: dict, metric: str) -> list[str]:
@@ -44,8 +54,9 @@ def rows(record: dict, metric: str) -> list[str]:
         seconds = sorted(c["train_seconds"] for c in record["cells"]
                          if c["variant"] == variant and c["status"] == "finished" and c.get("train_seconds"))
         fastest = f"{seconds[0]:.0f}" if seconds else "-"  # other work beside a cell only slows it
-        change = "-" if variant == baseline else _difference(difference)
-        lines.append(f"| {variant} | {_pm(summary.get(metric))} | {change} | {_pm(summary.get('oLRP'))} | {fastest} |")
+        change = "-" if variant == baseline else marked_difference(difference)
+        lines.append(f"| {variant} | {with_seeds(summary.get(metric))} | {change} | "
+                     f"{with_seeds(summary.get('oLRP'))} | {fastest} |")
     return lines
 
 
@@ -54,13 +65,10 @@ def convergence_rows(record: dict) -> list[str]:
     lines = [f"| variant | AP at 50% | AP at 75% | 75% minus {baseline} at 100% [95% CI] |", "|---|---|---|---|"]
     for variant, entry in record["convergence"].items():
         half, three_quarters = entry.get("50%") or {}, entry.get("75%") or {}
-        cells = []
-        for item in (half, three_quarters):
-            cells.append("-" if not item or item.get("mean") is None else
-                         f"{100 * item['mean']:.1f}" + (f" ± {100 * item['std']:.1f}" if item.get("std") is not None
-                                                        else "") + f" (epoch {', '.join(item['epochs'])})")
+        cells = ["-" if not item or item.get("mean") is None
+                 else f"{mean_pm(item)} (epoch {', '.join(item['epochs'])})" for item in (half, three_quarters)]
         lines.append(f"| {variant} | {cells[0]} | {cells[1]} | "
-                     f"{_difference(three_quarters.get('minus_baseline_at_100%'))} |")
+                     f"{marked_difference(three_quarters.get('minus_baseline_at_100%'))} |")
     return lines
 
 
@@ -70,11 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metric", default="AP")
     parser.add_argument("--convergence", action="store_true")
     args = parser.parse_args(argv)
-    path = args.study / "study.json"
-    if not path.is_file():
-        print(f"error: no study.json in {args.study}", file=sys.stderr)
+    record = load_record(args.study)
+    if record is None:
         return 2
-    record = json.loads(path.read_text())
     print("\n".join(convergence_rows(record) if args.convergence else rows(record, args.metric)))
     return 0
 

@@ -182,7 +182,8 @@ def _pct(value: float | None, signed: bool = False) -> str:
     return f"{100 * value:+.1f}" if signed else f"{100 * value:.1f}"
 
 
-def _mean_pm(entry: dict[str, Any] | None, scale: float = 100.0, digits: int = 1) -> str:
+def mean_pm(entry: dict[str, Any] | None, scale: float = 100.0, digits: int = 1) -> str:
+    """``"mean ± std"`` of a summary entry (``{"mean", "std"}``; no ``± std`` when it is None), "-" if none."""
     if not entry:
         return "-"
     text = f"{scale * entry['mean']:.{digits}f}"
@@ -191,7 +192,9 @@ def _mean_pm(entry: dict[str, Any] | None, scale: float = 100.0, digits: int = 1
     return text
 
 
-def _difference_text(entry: dict[str, Any] | None) -> str:
+def difference_text(entry: dict[str, Any] | None) -> str:
+    """``"+d [low, high]"`` (percentage points) of a paired difference (``PairedDifference.to_dict()``);
+    ``"+d (n=1)"`` without an interval; "-" if none."""
     if not entry:
         return "-"
     low, high = entry["ci"]
@@ -232,24 +235,24 @@ def _tables(record: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
     tables = []
     header = ["variant", "seeds", *[_label(m) for m in scalar], "train time (s)"]
     rows = [[f"{v}{' (baseline)' if v == baseline else ''}", f"{seeds_done[v]}/{seeds_all[v]}",
-             *[_mean_pm(summary[v].get(m)) for m in scalar], _mean_pm(summary[v].get("train_seconds"), 1.0, 0)]
+             *[mean_pm(summary[v].get(m)) for m in scalar], mean_pm(summary[v].get("train_seconds"), 1.0, 0)]
             for v in variants]
     notes = [comparison_sentence(v, baseline, record["differences"].get(v, {}).get("AP"))
              for v in variants if v != baseline]
     tables.append(("Mean ± standard deviation over seeds (percent)", header, rows, notes))
     if per_class:
-        rows = [[v, *[_mean_pm(summary[v].get(m)) for m in per_class]] for v in variants]
+        rows = [[v, *[mean_pm(summary[v].get(m)) for m in per_class]] for v in variants]
         tables.append(("Per-class AP, mean ± standard deviation over seeds", ["variant", *[m[3:] for m in per_class]],
                        rows, []))
     per_class_lrp = [m for m in metrics if m.startswith("oLRP/")]
     if per_class_lrp:
-        rows = [[v, *[_mean_pm(summary[v].get(m)) for m in per_class_lrp]] for v in variants]
+        rows = [[v, *[mean_pm(summary[v].get(m)) for m in per_class_lrp]] for v in variants]
         tables.append(("Per-class oLRP (lower is better), mean ± standard deviation over seeds",
                        ["variant", *[m[5:] for m in per_class_lrp]], rows, []))
     others = [v for v in variants if v != baseline]
     if others and metrics:
         shown = scalar + per_class
-        rows = [[v, *[_difference_text(record["differences"][v].get(m)) for m in shown]] for v in others]
+        rows = [[v, *[difference_text(record["differences"][v].get(m)) for m in shown]] for v in others]
         tables.append((f"Paired difference to the baseline ({baseline}), same seed: mean [95% interval]",
                        ["variant", *[_label(m) for m in shown]], rows,
                        ["Interval from the t distribution with n - 1 degrees of freedom (n = seeds that finished "
@@ -264,10 +267,10 @@ def _tables(record: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
             row = [v]
             for fraction in ("50%", "75%", "100%"):
                 item = entry.get(fraction)
-                row.append("-" if not item else f"{_mean_pm(item)} (epoch {', '.join(item['epochs'])})")
+                row.append("-" if not item else f"{mean_pm(item)} (epoch {', '.join(item['epochs'])})")
             for fraction in ("50%", "75%"):
                 item = entry.get(fraction)
-                row.append(_difference_text(item.get("minus_baseline_at_100%")) if item else "-")
+                row.append(difference_text(item.get("minus_baseline_at_100%")) if item else "-")
             rows.append(row)
         tables.append((f"Convergence: AP at 50% / 75% / 100% of the schedule (nearest evaluated epoch), and its "
                        f"paired difference to {baseline} at 100%",
