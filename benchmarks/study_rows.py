@@ -4,7 +4,8 @@
 
 One row per variant: mean ± sample sd over the finished seeds (each seed's value in brackets), the paired
 difference to the baseline with its 95% t interval (bold when the interval excludes 0), oLRP, and the training
-seconds of its fastest cell (work running beside a cell only slows it). ``--convergence``: the variant's AP at
+seconds of its fastest cell (work running beside a cell only slows it). A study run with ``--eval-set`` adds
+the metric, its paired difference and oLRP under those test settings (``study.json``'s ``extra_evaluation``). ``--convergence``: the variant's AP at
 75% of the schedule against the baseline at 100% (the "Convergence" table of study.md). The numbers are
 formatted by umop.study.report, as in study.md.
 """
@@ -44,19 +45,31 @@ def marked_difference(entry: dict | None, with_n: bool = True) -> str:
     return f"**{text}**" if entry and entry.get("excludes_zero") else text
 
 
+def _columns(summary: dict, differences: dict, variant: str, baseline: str, metric: str) -> list[str]:
+    """metric (mean ± sd, seeds), its paired difference to the baseline, oLRP (with its difference when bold)."""
+    difference = None if variant == baseline else differences.get(variant, {})
+    olrp = with_seeds(summary[variant].get("oLRP"))
+    if difference and (difference.get("oLRP") or {}).get("excludes_zero"):
+        olrp += f" ({marked_difference(difference['oLRP'], with_n=False)})"
+    return [with_seeds(summary[variant].get(metric)),
+            "-" if difference is None else marked_difference(difference.get(metric)), olrp]
+
+
 def rows(record: dict, metric: str) -> list[str]:
     baseline = record["baseline"]
-    lines = [f"| variant | {metric} (mean ± sd, seeds) | minus {baseline} [95% CI] | oLRP | train s (fastest cell) |",
-             "|---|---|---|---|---|"]
+    extra = record.get("extra_evaluation")
+    header = [f"{metric} (mean ± sd, seeds)", f"minus {baseline} [95% CI]", "oLRP"]
+    if extra:
+        header += [f"{metric}, {extra['name']}", f"minus {baseline} [95% CI], {extra['name']}", f"oLRP, {extra['name']}"]
+    lines = [f"| variant | {' | '.join(header)} | train s (fastest cell) |", "|---" * (len(header) + 2) + "|"]
     for variant in record["variants"]:
-        summary = record["summary"][variant]
-        difference = None if variant == baseline else record["differences"].get(variant, {}).get(metric)
         seconds = sorted(c["train_seconds"] for c in record["cells"]
                          if c["variant"] == variant and c["status"] == "finished" and c.get("train_seconds"))
         fastest = f"{seconds[0]:.0f}" if seconds else "-"  # other work beside a cell only slows it
-        change = "-" if variant == baseline else marked_difference(difference)
-        lines.append(f"| {variant} | {with_seeds(summary.get(metric))} | {change} | "
-                     f"{with_seeds(summary.get('oLRP'))} | {fastest} |")
+        cells = _columns(record["summary"], record["differences"], variant, baseline, metric)
+        if extra:
+            cells += _columns(extra["summary"], extra["differences"], variant, baseline, metric)
+        lines.append(f"| {variant} | {' | '.join(cells)} | {fastest} |")
     return lines
 
 

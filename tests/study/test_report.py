@@ -122,6 +122,48 @@ def test_a_finished_cell_run_with_other_settings_is_refused(fake_study):
     check_cells(logging_only, plan_cells(logging_only)[1])  # logging does not change the trained model
 
 
+def test_eval_set_evaluation_is_compared_and_missing_cells_are_named(fake_study, capsys):
+    """``--eval-set``: the cells' ``eval_<name>.json`` (written here by hand; a cell without a checkpoint and
+    without the file is named, not evaluated) make their own table with paired differences."""
+    spec, cells = fake_study
+    again = {("focal", 0): 0.30, ("focal", 1): 0.32, ("focal", 2): 0.31, ("pfl", 0): 0.34, ("pfl", 1): 0.37}
+    for cell in cells:
+        if (cell.variant, cell.seed) in again:
+            ap = again[(cell.variant, cell.seed)]
+            (cell.run_dir / "eval_score0.json").write_text(json.dumps({"AP": ap, "AP50": 0.7, "oLRP": 1 - ap}))
+    with_eval = StudySpec(spec.config, spec.vary, spec.seeds, spec.out, spec.overrides,
+                          eval_overrides=["model.options.score_thresh=0"], eval_name="score0")
+    record = run_study(with_eval)
+    assert "evaluating again" not in capsys.readouterr().out  # no checkpoint to evaluate: nothing runs
+    extra = json.loads(open(f"{spec.out}/study.json").read())["extra_evaluation"]
+    assert extra == record["extra_evaluation"]
+    assert extra["set"] == ["model.options.score_thresh=0"] and extra["missing"] == ["pfl/seed2"]
+    difference = extra["differences"]["pfl"]["AP"]  # seeds 0 and 1: +0.04, +0.05
+    assert difference["n"] == 2 and difference["mean"] == pytest.approx(0.045)
+    half_width = 12.7062 * 0.0070711 / 2 ** 0.5  # t(0.975, 1) * sd / sqrt(2)
+    assert difference["ci"] == pytest.approx([0.045 - half_width, 0.045 + half_width], abs=1e-4)
+    assert extra["summary"]["focal"]["AP"]["mean"] == pytest.approx(0.31)
+    assert record["differences"]["pfl"]["AP"]["n"] == 3  # the study's own comparison is unchanged
+    markdown = open(f"{spec.out}/study.md").read()
+    section = markdown.split("## Evaluated again with `model.options.score_thresh=0` (score0)")[1].split("\n## ")[0]
+    assert "| pfl | 2/3 | 35.5 ± 2.1 | 70.0 ± 0.0 | 64.5 ± 2.1 | +4.5 [-1.9, +10.9] | -4.5 [-10.9, +1.9] |" in section
+    assert "pfl minus focal: AP (score0) +4.5 points (paired over 2 seeds" in section
+    assert "Not evaluated (no checkpoints/last.pt, or its evaluation failed): pfl/seed2." in section
+    assert "eval_name: score0" in open(f"{spec.out}/study.yaml").read()  # `umop study OUT/study.yaml` keeps it
+
+
+def test_eval_set_is_checked_before_anything_runs(fake_study, capsys):
+    spec, _cells = fake_study
+    study_file = f"{spec.out}/study.yaml"
+    run_study(spec)
+    assert main(["study", study_file, "--eval-set", "model.options.score_thresh=0", "solver.lrr=1"]) == 2
+    assert "--eval-set" in (err := capsys.readouterr().err) and "solver.lr" in err
+    assert main(["study", study_file, "--eval-name", "score0"]) == 2
+    assert "--eval-name 'score0' needs --eval-set" in capsys.readouterr().err
+    assert main(["study", study_file, "--eval-set", "model.options.score_thresh=0", "--dry-run"]) == 0
+    assert "eval_score_thresh-0.json" not in capsys.readouterr().out  # finished cells without checkpoints
+
+
 def test_ap_curves_mark_means_over_fewer_seeds(tmp_path):
     """A cell stopped early by the time cap (pfl seed 2, after epoch 2 of 4) leaves the later means: the curve
     data says which epochs are means over fewer seeds, and where the stopped cell's last evaluation is."""

@@ -95,16 +95,26 @@ def test_study_is_stopped_and_continued_without_rerunning_finished_cells(tmp_pat
     assert "pfl minus focal: AP" in (out / "study.md").read_text()
     assert (out / "study.html").is_file() and (out / "figures" / "gamma_ad.png").is_file()
 
-    # the BENCHMARKS helpers on this study: the generated rows, and a re-evaluation under other test settings
-    study_rows, reevaluate = _script("study_rows"), _script("reevaluate_study")
-    rows = "\n".join(study_rows.rows(record, "AP"))
-    assert f"{100 * record['summary']['pfl']['AP']['mean']:.1f}" in rows.splitlines()[3]
-    assert reevaluate.main([str(out), "--name", "score0", "--set", "model.options.score_thresh=0"]) == 0
-    table = (out / "reeval_score0.md").read_text()
+    # every finished cell evaluated again under other test settings: nothing trains, 4 evaluations
+    third = subprocess.run([sys.executable, "-m", "umop.cli", "study", str(out / "study.yaml"), "--eval-set",
+                            "model.options.score_thresh=0", "--eval-name", "score0"],
+                           env=_environment(), capture_output=True, text=True, timeout=600)
+    assert third.returncode == 0, third.stdout + third.stderr
+    assert "4 cells (4 finished, 0 to run)" in third.stdout and third.stdout.count("evaluating again") == 4
+    assert (finished_cell / "summary.json").read_text() == finished_summary
+    record = json.loads((out / "study.json").read_text())
     for cell in record["cells"]:
-        again = json.loads((out / cell["variant"] / f"seed{cell['seed']}" / "eval_score0.json").read_text())
+        again = json.loads((Path(cell["run_dir"]) / "eval_score0.json").read_text())
+        assert cell["extra_metrics"]["AP"] == again["AP"]
         assert again["AP"] >= cell["metrics"]["AP"] - 1e-9  # a lower threshold only adds lower-ranked detections
-    assert table.count("\n| focal |") == 1 and "| pfl |" in table and "score_thresh=0" in table
+    assert record["extra_evaluation"]["missing"] == [] and "AP" in record["extra_evaluation"]["differences"]["pfl"]
+    assert "## Evaluated again with `model.options.score_thresh=0` (score0)" in (out / "study.md").read_text()
+
+    # the BENCHMARKS rows of this study, with the columns of the extra evaluation
+    rows = _script("study_rows").rows(record, "AP")
+    assert rows[0].count("score0") == 3  # AP, its difference, oLRP
+    assert f"{100 * record['summary']['pfl']['AP']['mean']:.1f}" in rows[3]
+    assert f"{100 * record['extra_evaluation']['summary']['pfl']['AP']['mean']:.1f}" in rows[3]
 
 
 def _script(name: str):

@@ -7,11 +7,15 @@ Examples::
         --out runs/study_demo --set solver.epochs=3
     umop study runs/study_bccd/study.yaml          # continue (or extend) a study from its file
     umop study runs/study_bccd/study.yaml --dry-run   # the cells, their state and the estimated time
+    umop study runs/study_bccd/study.yaml --eval-set model.options.score_thresh=0 --eval-name score0
+                                                   # every finished cell evaluated again with other test settings
 
 Every (variant, seed) cell is a run folder OUT/<variant>/seed<k> trained by
 `python -m umop.cli train CONFIG --set ... seed=K --out CELL --resume auto`. Finished cells are skipped,
 an interrupted cell resumes, a failing cell is reported and the others still run. OUT/study.md,
-study.html and study.json are rewritten after every cell.
+study.html and study.json are rewritten after every cell. With --eval-set, every finished cell's last
+checkpoint is also evaluated with those test settings (`umop eval ... --set ...` into CELL/eval_<name>.json,
+kept: a second run reads it), and the report compares the variants under them too.
 """
 
 from __future__ import annotations
@@ -36,6 +40,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="overrides applied to every cell")
     parser.add_argument("--baseline", metavar="NAME", help="variant the others are compared with (default: the first)")
+    parser.add_argument("--eval-set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="test settings of one more evaluation of every finished cell's last checkpoint "
+                             "(e.g. model.options.score_thresh=0); the report compares the variants under them too")
+    parser.add_argument("--eval-name", metavar="NAME",
+                        help="name of that evaluation: CELL/eval_<NAME>.json (default: from the settings, "
+                             "e.g. score_thresh-0)")
     parser.add_argument("--dry-run", action="store_true",
                         help="list the cells, their state and the estimated time; train nothing")
     parser.set_defaults(func=_study)
@@ -62,6 +72,10 @@ def spec_from_args(args: argparse.Namespace):
                          seeds=parse_seeds(args.seeds), out=args.out, overrides=list(args.overrides))
     if args.baseline:
         spec.baseline = args.baseline
+    if args.eval_set or args.eval_name:  # one extra evaluation per study: the command line's replaces the file's
+        spec.eval_overrides = list(args.eval_set) or spec.eval_overrides
+        spec.eval_name = args.eval_name or ("" if args.eval_set else spec.eval_name)
+        spec.check_eval()
     return spec
 
 

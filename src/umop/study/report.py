@@ -90,6 +90,7 @@ def build_record(spec: Any, variants: list[str], cells: list[Any], states: dict[
             "variant": cell.variant, "seed": cell.seed, "run_dir": str(cell.run_dir), "status": state["status"],
             "overrides": cell.overrides,
             "metrics": cell_metrics(_final_evaluation(state)) if finished else {},
+            "extra_metrics": cell_metrics(state.get("extra_evaluation")) if finished else {},
             "eval_history": [{"epoch": epoch, **cell_metrics(entry)} for epoch, entry in sorted(history.items())],
             "planned_epochs": _planned_epochs(state),
             "epochs": summary.get("epochs"), "iterations": summary.get("iterations"),
@@ -102,14 +103,46 @@ def build_record(spec: Any, variants: list[str], cells: list[Any], states: dict[
         })
 
     finished_cells = [c for c in cell_records if c["status"] == "finished"]
-    keys = set().union(*(c["metrics"] for c in finished_cells)) if finished_cells else set()
+    metrics, summary_table, differences = _compare(variants, baseline, finished_cells, "metrics")
+    for variant in variants:
+        seconds = [c["train_seconds"] for c in finished_cells
+                   if c["variant"] == variant and c["train_seconds"] is not None]
+        if seconds:
+            mean, std = mean_std(seconds)
+            summary_table[variant]["train_seconds"] = {"mean": mean, "std": None if math.isnan(std) else std,
+                                                       "n": len(seconds)}
+    extra = None
+    spec_dict = spec.to_dict()
+    if spec_dict.get("eval_set"):
+        extra_metrics, extra_summary, extra_differences = _compare(variants, baseline, finished_cells,
+                                                                   "extra_metrics")
+        extra = {"name": spec_dict["eval_name"], "set": spec_dict["eval_set"], "metrics": extra_metrics,
+                 "summary": extra_summary, "differences": extra_differences,
+                 "missing": [f"{c['variant']}/seed{c['seed']}" for c in finished_cells if not c["extra_metrics"]]}
+
+    record = {
+        "spec": spec_dict, "baseline": baseline, "variants": variants, "metrics": metrics,
+        "cells": cell_records, "summary": summary_table, "differences": differences,
+        "extra_evaluation": extra,
+        "convergence": _convergence(variants, baseline, cell_records),
+        "counts": {status: sum(c["status"] == status for c in cell_records)
+                   for status in ("finished", "partial", "pending", "failed")},
+    }
+    return record
+
+
+def _compare(variants: list[str], baseline: str, finished_cells: list[dict[str, Any]],
+             field: str) -> tuple[list[str], dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """The metrics found in the cells' ``field`` (``metrics`` or ``extra_metrics``), per variant their mean ±
+    sample sd over seeds (``{"mean", "std", "n", "by_seed"}``), and per other variant the paired difference
+    to the baseline (``PairedDifference.to_dict()``)."""
+    keys = set().union(*(c[field] for c in finished_cells)) if finished_cells else set()
     metrics = _metric_order(keys)
     by_variant: dict[str, dict[str, dict[int, float]]] = {v: {m: {} for m in metrics} for v in variants}
     for c in finished_cells:
-        for metric, value in c["metrics"].items():
+        for metric, value in c[field].items():
             by_variant[c["variant"]][metric][c["seed"]] = value
-
-    summary_table: dict[str, dict[str, Any]] = {}
+    summary: dict[str, dict[str, Any]] = {}
     for variant in variants:
         row: dict[str, Any] = {}
         for metric in metrics:
@@ -118,13 +151,7 @@ def build_record(spec: Any, variants: list[str], cells: list[Any], states: dict[
                 mean, std = mean_std(list(values.values()))
                 row[metric] = {"mean": mean, "std": None if math.isnan(std) else std, "n": len(values),
                                "by_seed": {str(s): v for s, v in values.items()}}
-        seconds = [c["train_seconds"] for c in finished_cells
-                   if c["variant"] == variant and c["train_seconds"] is not None]
-        if seconds:
-            mean, std = mean_std(seconds)
-            row["train_seconds"] = {"mean": mean, "std": None if math.isnan(std) else std, "n": len(seconds)}
-        summary_table[variant] = row
-
+        summary[variant] = row
     differences: dict[str, dict[str, Any]] = {}
     for variant in variants:
         if variant == baseline:
@@ -134,15 +161,7 @@ def build_record(spec: Any, variants: list[str], cells: list[Any], states: dict[
             difference = paired_difference(by_variant[variant][metric], by_variant[baseline][metric])
             if difference is not None:
                 differences[variant][metric] = difference.to_dict()
-
-    record = {
-        "spec": spec.to_dict(), "baseline": baseline, "variants": variants, "metrics": metrics,
-        "cells": cell_records, "summary": summary_table, "differences": differences,
-        "convergence": _convergence(variants, baseline, cell_records),
-        "counts": {status: sum(c["status"] == status for c in cell_records)
-                   for status in ("finished", "partial", "pending", "failed")},
-    }
-    return record
+    return metrics, summary, differences
 
 
 def _convergence(variants: list[str], baseline: str, cells: list[dict[str, Any]]) -> dict[str, Any]:
@@ -259,6 +278,9 @@ def _tables(record: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
                         "for both); for oLRP lower is better."] if any("LRP" in m for m in shown) else
                        ["Interval from the t distribution with n - 1 degrees of freedom (n = seeds that finished "
                         "for both)."]))
+    extra = record.get("extra_evaluation")
+    if extra and extra["metrics"]:
+        tables.append(_extra_table(record, extra))
     convergence = record["convergence"]
     if any(convergence.values()):
         rows = []
@@ -287,6 +309,31 @@ def _tables(record: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
     tables.append(("Cells", ["variant", "seed", "status", "AP", "epochs", "iterations", "train s", "run folder"],
                    rows, []))
     return tables
+
+
+def _extra_table(record: dict[str, Any], extra: dict[str, Any]) -> tuple[str, list[str], list[list[str]], list[str]]:
+    """The ``--eval-set`` evaluation: per variant the main metrics and oLRP under those test settings, and the
+    paired differences of AP (and oLRP) to the baseline."""
+    variants, baseline, summary = record["variants"], record["baseline"], extra["summary"]
+    shown = [m for m in extra["metrics"] if m in MAIN_METRICS or m == "oLRP"]
+    compared = [m for m in ("AP", "oLRP") if m in extra["metrics"]]
+    seeds_done = {v: sum(c["status"] == "finished" for c in record["cells"] if c["variant"] == v) for v in variants}
+    rows = [[f"{v}{' (baseline)' if v == baseline else ''}",
+             f"{(summary[v].get('AP') or {}).get('n', 0)}/{seeds_done[v]}",
+             *[mean_pm(summary[v].get(m)) for m in shown],
+             *["-" if v == baseline else difference_text(extra["differences"][v].get(m)) for m in compared]]
+            for v in variants]
+    settings = " ".join(f"`{o}`" for o in extra["set"])
+    notes = [comparison_sentence(v, baseline, extra["differences"].get(v, {}).get("AP"), f"AP ({extra['name']})")
+             for v in variants if v != baseline]
+    notes.append(f"The same checkpoints (the last of each cell) evaluated again with {settings}: test settings "
+                 f"only, the trained weights are the study's; each cell's `eval_{extra['name']}.json`. Seeds: cells "
+                 f"evaluated / finished.")
+    if extra["missing"]:
+        notes.append(f"Not evaluated (no checkpoints/last.pt, or its evaluation failed): {', '.join(extra['missing'])}.")
+    return (f"Evaluated again with {settings} ({extra['name']}), mean ± standard deviation over seeds (percent)",
+            ["variant", "seeds", *[_label(m) for m in shown], *[f"{_label(m)} minus {baseline} [95% CI]"
+                                                                 for m in compared]], rows, notes)
 
 
 def _cap_notes(record: dict[str, Any]) -> list[str]:

@@ -6,6 +6,7 @@ Layout of ``OUT``::
     OUT/study.yaml                 the study's specification (``umop study OUT/study.yaml`` continues it)
     OUT/<variant>/seed<k>/         a run folder (config.yaml, log.jsonl, eval.json, checkpoints/, summary.json)
         study_attempts.jsonl       one line per training attempt of the study: seconds, exit code
+        eval_<name>.json           with ``--eval-set``: the last checkpoint evaluated again with those test settings
         stdout.log, stderr.log     the training subprocess's output (appended per attempt)
         failed.json                the last attempt failed: exit code and the tail of its stderr
     OUT/study.json, study.md, study.html, figures/      rewritten after every cell (see report.py)
@@ -32,11 +33,13 @@ from typing import Any, Iterator
 
 import yaml
 
+from .report import write_reports
+
 __all__ = ["StudySpec", "Cell", "parse_vary", "parse_seeds", "resolve_key", "load_study_file", "is_study_file",
            "plan_cells", "check_cells", "cell_state", "run_study", "StudyStopped"]
 
 KEY_ALIASES = {"detector": "model.name"}
-STUDY_FILE_KEYS = ("config", "vary", "seeds", "out", "set", "baseline")
+STUDY_FILE_KEYS = ("config", "vary", "seeds", "out", "set", "baseline", "eval_set", "eval_name")
 DEFAULT_CELL_OVERRIDES = ["log.progress_bar=false"]  # tqdm bars would bury the stderr tail of a failed cell
 # config keys that do not change the trained model (ignored when a finished cell's config is compared)
 _IGNORED_KEYS = ("output_dir", "name", "device", "workers", "eval.every", "eval.batch_size")
@@ -62,11 +65,30 @@ class StudySpec:
     out: str
     overrides: list[str] = field(default_factory=list)
     baseline: str = ""  # variant name; default: the first variant
+    # test settings of one more evaluation of every finished cell's last checkpoint (``--eval-set``), and the
+    # name of its file ``CELL/eval_<eval_name>.json``; the trained weights stay the study's
+    eval_overrides: list[str] = field(default_factory=list)
+    eval_name: str = ""
+
+    def __post_init__(self) -> None:
+        self.check_eval()
+
+    def check_eval(self) -> None:
+        """Name the extra evaluation after its settings when no name is given; refuse a name without settings."""
+        if self.eval_overrides and not self.eval_name:
+            self.eval_name = default_eval_name(self.eval_overrides)
+        if self.eval_name and not self.eval_overrides:
+            raise ValueError(f"--eval-name '{self.eval_name}' needs --eval-set KEY=VALUE (the test settings)")
+        if self.eval_name and _safe(self.eval_name) != self.eval_name:
+            raise ValueError(f"--eval-name '{self.eval_name}': use letters, digits and . _ + - only")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"config": self.config, "vary": {key: list(values) for key, values in self.vary},
+        data = {"config": self.config, "vary": {key: list(values) for key, values in self.vary},
                 "seeds": list(self.seeds), "out": self.out, "set": list(self.overrides),
                 "baseline": self.baseline or None}
+        if self.eval_overrides:
+            data.update(eval_set=list(self.eval_overrides), eval_name=self.eval_name)
+        return data
 
 
 @dataclass
@@ -155,6 +177,15 @@ def parse_seeds(text: str | list) -> list[int]:
     return seeds
 
 
+def default_eval_name(overrides: list[str]) -> str:
+    """``["model.options.score_thresh=0"]`` -> ``"score_thresh-0"`` (the last part of each key, its value)."""
+    parts = []
+    for text in overrides:
+        key, _, value = text.partition("=")
+        parts.append(f"{_safe(key.strip().rpartition('.')[2])}-{_safe(value.strip())}")
+    return "_".join(parts)
+
+
 def is_study_file(path: str | Path) -> bool:
     """True for a YAML file whose top level holds ``vary`` (a study file, not a training config)."""
     path = Path(path)
@@ -201,11 +232,20 @@ def load_study_file(path: str | Path) -> StudySpec:
         vary = [parse_vary(str(item)) for item in vary_raw]
     else:
         raise ValueError(f"study file {path}: 'vary' must be a mapping KEY: [values] or a list of 'KEY=V1,V2'")
-    overrides = data.get("set") or []
-    if isinstance(overrides, dict):
-        overrides = [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in overrides.items()]
-    return StudySpec(config=str(data["config"]), vary=vary, seeds=parse_seeds(data["seeds"]), out=str(data["out"]),
-                     overrides=[str(item) for item in overrides], baseline=str(data.get("baseline") or ""))
+    overrides, eval_overrides = (_override_list(data.get(key)) for key in ("set", "eval_set"))
+    try:
+        return StudySpec(config=str(data["config"]), vary=vary, seeds=parse_seeds(data["seeds"]),
+                         out=str(data["out"]), overrides=overrides, baseline=str(data.get("baseline") or ""),
+                         eval_overrides=eval_overrides, eval_name=str(data.get("eval_name") or ""))
+    except ValueError as error:
+        raise ValueError(f"study file {path}: {error}") from error
+
+
+def _override_list(raw: Any) -> list[str]:
+    """A study file's ``set`` / ``eval_set``: a list of ``KEY=VALUE`` or a mapping, as ``KEY=VALUE`` strings."""
+    if isinstance(raw, dict):
+        return [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in raw.items()]
+    return [str(item) for item in raw or []]
 
 
 # -------------------------------------------------------------------------------------------- cells
@@ -258,6 +298,17 @@ def cell_command(spec: StudySpec, cell: Cell, python: str | None = None) -> list
             "--out", str(cell.run_dir), "--resume", "auto"]
 
 
+def eval_command(spec: StudySpec, cell: Cell, python: str | None = None) -> list[str]:
+    """The command of a finished cell's extra evaluation (``python -m umop.cli eval CELL/checkpoints/last.pt
+    --set ... --out CELL/eval_<name>.json``): the stored config, with the ``--eval-set`` test settings."""
+    return [python or sys.executable, "-m", "umop.cli", "eval", str(cell.run_dir / "checkpoints" / "last.pt"),
+            "--set", *DEFAULT_CELL_OVERRIDES, *spec.eval_overrides, "--out", str(extra_eval_path(spec, cell))]
+
+
+def extra_eval_path(spec: StudySpec, cell: Cell) -> Path:
+    return cell.run_dir / f"eval_{spec.eval_name}.json"
+
+
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(data, dict) and not prefix.endswith("options."):
         out: dict[str, Any] = {}
@@ -288,6 +339,11 @@ def check_cells(spec: StudySpec, cells: list[Cell]) -> dict[str, Any]:
         except ValueError as error:
             raise ValueError(f"cell {cell.name}: {error}") from error
         configs[cell.name] = config
+        if spec.eval_overrides:
+            try:
+                load_config(spec.config, [*overrides, *spec.eval_overrides])
+            except ValueError as error:
+                raise ValueError(f"--eval-set: {error}") from error
         saved = cell.run_dir / "config.yaml"
         if saved.is_file():
             _compare_with_saved(cell, _flatten(config_to_dict(config)), saved)
@@ -320,9 +376,10 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def cell_state(cell: Cell) -> dict[str, Any]:
+def cell_state(cell: Cell, eval_name: str = "") -> dict[str, Any]:
     """What the cell's folder says: ``status`` (finished | failed | partial | pending), the summary, the
-    evaluations, the attempts and, for a failed cell, the exit code and stderr tail."""
+    evaluations, the attempts, for a failed cell the exit code and stderr tail, and with ``eval_name`` the
+    extra evaluation ``eval_<eval_name>.json`` (None until it exists)."""
     run_dir = cell.run_dir
     summary = _read_json(run_dir / "summary.json")
     finished = isinstance(summary, dict) and "epochs" in summary and "iterations" in summary
@@ -346,9 +403,12 @@ def cell_state(cell: Cell) -> dict[str, Any]:
         status = "partial"
     else:
         status = "pending"
+    extra = _read_json(run_dir / f"eval_{eval_name}.json") if eval_name and finished else None
     return {"status": status, "summary": summary if finished else None,
             "evaluations": evaluations if isinstance(evaluations, list) else [], "attempts": attempts,
-            "failure": failure if status == "failed" else None, "config": config}
+            "failure": failure if status == "failed" else None, "config": config,
+            "extra_evaluation": extra if isinstance(extra, dict) else None,
+            "has_checkpoint": (run_dir / "checkpoints" / "last.pt").is_file()}
 
 
 # --------------------------------------------------------------------------------------------- running
@@ -416,6 +476,35 @@ def _stop_process(process: subprocess.Popen, grace_seconds: float = 60.0) -> Non
         process.wait()
 
 
+def _run_logged(command: list[str], run_dir: Path, on_stop: Any = None) -> tuple[int, str]:
+    """Run ``command``, its output appended to ``run_dir``'s stdout.log / stderr.log; return the exit code and
+    the tail of this run's stderr.
+
+    Raises:
+        StudyStopped / KeyboardInterrupt: the study was stopped; the subprocess is stopped first (it saves a
+        resumable checkpoint), then ``on_stop(exit code)`` is called.
+    """
+    stderr_path, stdout_path = run_dir / "stderr.log", run_dir / "stdout.log"
+    header = f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} umop study: {' '.join(command[1:])}\n"
+    for path in (stdout_path, stderr_path):
+        with path.open("a") as stream:
+            stream.write(header)
+    offset = stderr_path.stat().st_size
+    with stdout_path.open("a") as stdout, stderr_path.open("a") as stderr:
+        process = subprocess.Popen(command, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL)
+        try:
+            returncode = process.wait()
+        except BaseException as error:
+            if isinstance(error, KeyboardInterrupt):  # Ctrl-C reached the subprocess too: let it save and exit
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=60)
+            _stop_process(process)
+            if on_stop is not None:
+                on_stop(process.returncode)
+            raise
+    return returncode, _tail(stderr_path, offset)
+
+
 def run_cell(spec: StudySpec, cell: Cell, *, python: str | None = None) -> dict[str, Any]:
     """Train one cell in a subprocess; return its state afterwards. A non-zero exit writes ``failed.json``.
 
@@ -426,35 +515,36 @@ def run_cell(spec: StudySpec, cell: Cell, *, python: str | None = None) -> dict[
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "failed.json").unlink(missing_ok=True)
     command = cell_command(spec, cell, python)
-    stderr_path, stdout_path = run_dir / "stderr.log", run_dir / "stdout.log"
-    header = f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} umop study: {' '.join(command[1:])}\n"
-    for path in (stdout_path, stderr_path):
-        with path.open("a") as stream:
-            stream.write(header)
-    offset = stderr_path.stat().st_size
     started = time.time()
-    with stdout_path.open("a") as stdout, stderr_path.open("a") as stderr:
-        process = subprocess.Popen(command, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL)
-        try:
-            returncode = process.wait()
-        except BaseException as error:
-            if isinstance(error, KeyboardInterrupt):  # Ctrl-C reached the training too: let it save and exit
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    process.wait(timeout=60)
-            _stop_process(process)
-            _record_attempt(run_dir, started, process.returncode, stopped=True)
-            raise
+    returncode, tail = _run_logged(command, run_dir,
+                                   on_stop=lambda code: _record_attempt(run_dir, started, code, stopped=True))
     _record_attempt(run_dir, started, returncode)
-    state = cell_state(cell)
+    state = cell_state(cell, spec.eval_name)
     if returncode != 0 or state["status"] != "finished":
-        failure = {"returncode": returncode, "stderr_tail": _tail(stderr_path, offset),
+        failure = {"returncode": returncode, "stderr_tail": tail,
                    "command": command[1:], "time": time.strftime("%Y-%m-%d %H:%M:%S")}
         if returncode == 0:
             failure["stderr_tail"] = ("the training exited with code 0 but wrote no summary.json\n"
                                       + failure["stderr_tail"])
         (run_dir / "failed.json").write_text(json.dumps(failure, indent=1))
-        state = cell_state(cell)
+        state = cell_state(cell, spec.eval_name)
     return state
+
+
+def needs_extra_eval(spec: StudySpec, state: dict[str, Any]) -> bool:
+    """A finished cell with a checkpoint and without its ``--eval-set`` evaluation."""
+    return bool(spec.eval_overrides) and state["status"] == "finished" and state["extra_evaluation"] is None \
+        and state["has_checkpoint"]
+
+
+def evaluate_cell(spec: StudySpec, cell: Cell, *, python: str | None = None) -> tuple[dict[str, Any], str]:
+    """Evaluate a finished cell's last checkpoint with the ``--eval-set`` test settings (a ``umop eval``
+    subprocess writing ``CELL/eval_<name>.json``); return the cell's state and, if it failed, the stderr tail."""
+    returncode, tail = _run_logged(eval_command(spec, cell, python), cell.run_dir)
+    state = cell_state(cell, spec.eval_name)
+    if returncode == 0 and state["extra_evaluation"] is not None:
+        return state, ""
+    return state, tail.strip() or f"exit code {returncode}"
 
 
 def _record_attempt(run_dir: Path, started: float, returncode: int | None, stopped: bool = False) -> None:
@@ -486,12 +576,10 @@ def run_study(spec: StudySpec, *, dry_run: bool = False, python: str | None = No
     Returns the study record written to ``OUT/study.json``. Raises :class:`StudyStopped` or
     ``KeyboardInterrupt`` when stopped (the reports are written first; run the same command to continue).
     """
-    from .report import write_reports
-
     variants, cells = plan_cells(spec)
     check_cells(spec, cells)
     out = Path(spec.out)
-    states = {cell.name: cell_state(cell) for cell in cells}
+    states = {cell.name: cell_state(cell, spec.eval_name) for cell in cells}
     todo = [cell for cell in cells if states[cell.name]["status"] != "finished"]
     if dry_run:
         per_cell = estimate_seconds_per_cell(states)
@@ -499,6 +587,8 @@ def run_study(spec: StudySpec, *, dry_run: bool = False, python: str | None = No
             f"{len(cells) - len(todo)} finished")
         for cell in cells:
             log(f"  {states[cell.name]['status']:<9} {cell.name:<32} python {' '.join(cell_command(spec, cell)[1:])}")
+            if needs_extra_eval(spec, states[cell.name]) or (spec.eval_overrides and cell in todo):
+                log(f"  {'then':<9} {'':<32} python {' '.join(eval_command(spec, cell)[1:])}")
         if per_cell is None:
             log("estimated time: unknown until one cell has finished")
         else:
@@ -510,31 +600,63 @@ def run_study(spec: StudySpec, *, dry_run: bool = False, python: str | None = No
         (out / "study.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
         log(f"study {out}: {len(cells)} cells ({len(cells) - len(todo)} finished, {len(todo)} to run)")
         record = write_reports(spec, variants, cells, states)
-        for number, cell in enumerate(todo, 1):
-            status = states[cell.name]["status"]
-            log(f"[{number}/{len(todo)}] {cell.name}: "
-                f"{'resuming' if status == 'partial' else 'training'} -> {cell.run_dir}")
-            try:
-                states[cell.name] = run_cell(spec, cell, python=python)
-            except (StudyStopped, KeyboardInterrupt):
-                states[cell.name] = cell_state(cell)
-                write_reports(spec, variants, cells, states)
-                log(f"study stopped during {cell.name}; run the same command again to continue "
-                    f"(finished cells are skipped, {cell.name} resumes from its last checkpoint)")
-                raise
-            state = states[cell.name]
-            if state["status"] == "finished":
-                summary = state["summary"]
-                ap = (summary.get("eval") or {}).get("AP")
-                log(f"    finished: {summary['iterations']} iterations, "
-                    + (f"AP {100 * ap:.1f}" if isinstance(ap, (int, float)) else "no evaluation")
-                    + (" (stopped early by solver.max_train_seconds)" if summary.get("stopped_early") else ""))
-            else:
-                tail = (state["failure"] or {}).get("stderr_tail", "").strip().splitlines()[-1:] or [""]
-                log(f"    FAILED (exit code {(state['failure'] or {}).get('returncode')}): {tail[0]}")
-            record = write_reports(spec, variants, cells, states)
+        for cell in cells:
+            if cell in todo:
+                record = _train_and_report(spec, variants, cells, states, cell, todo, python, log)
+            if needs_extra_eval(spec, states[cell.name]):
+                record = _evaluate_and_report(spec, variants, cells, states, cell, python, log)
         log(f"reports: {out / 'study.md'}, {out / 'study.html'}, {out / 'study.json'}")
         return record
 
 
-__all__ += ["cell_command", "run_cell", "variant_names", "estimate_seconds_per_cell"]
+def _stopped(spec: StudySpec, variants: list[str], cells: list[Cell], states: dict[str, dict[str, Any]],
+             cell: Cell, log: Any, what_happens_next: str) -> None:
+    states[cell.name] = cell_state(cell, spec.eval_name)
+    write_reports(spec, variants, cells, states)
+    log(f"study stopped during {cell.name}; run the same command again to continue "
+        f"(finished cells are skipped, {what_happens_next})")
+
+
+def _evaluate_and_report(spec: StudySpec, variants: list[str], cells: list[Cell], states: dict[str, dict[str, Any]],
+                         cell: Cell, python: str | None, log: Any) -> dict[str, Any]:
+    log(f"    {cell.name}: evaluating again with {' '.join(spec.eval_overrides)} -> "
+        f"{extra_eval_path(spec, cell)}")
+    try:
+        states[cell.name], error = evaluate_cell(spec, cell, python=python)
+    except (StudyStopped, KeyboardInterrupt):
+        _stopped(spec, variants, cells, states, cell, log, f"the evaluation of {cell.name} runs again")
+        raise
+    extra = states[cell.name]["extra_evaluation"]
+    if extra is not None:
+        ap = extra.get("AP")
+        log("    evaluated: " + (f"AP {100 * ap:.1f}" if isinstance(ap, (int, float)) else "no AP"))
+    else:
+        log(f"    evaluation FAILED (the study goes on; the next run tries again): {error.splitlines()[-1]}")
+    return write_reports(spec, variants, cells, states)
+
+
+def _train_and_report(spec: StudySpec, variants: list[str], cells: list[Cell], states: dict[str, dict[str, Any]],
+                      cell: Cell, todo: list[Cell], python: str | None, log: Any) -> dict[str, Any]:
+    status = states[cell.name]["status"]
+    log(f"[{todo.index(cell) + 1}/{len(todo)}] {cell.name}: "
+        f"{'resuming' if status == 'partial' else 'training'} -> {cell.run_dir}")
+    try:
+        states[cell.name] = run_cell(spec, cell, python=python)
+    except (StudyStopped, KeyboardInterrupt):
+        _stopped(spec, variants, cells, states, cell, log, f"{cell.name} resumes from its last checkpoint")
+        raise
+    state = states[cell.name]
+    if state["status"] == "finished":
+        summary = state["summary"]
+        ap = (summary.get("eval") or {}).get("AP")
+        log(f"    finished: {summary['iterations']} iterations, "
+            + (f"AP {100 * ap:.1f}" if isinstance(ap, (int, float)) else "no evaluation")
+            + (" (stopped early by solver.max_train_seconds)" if summary.get("stopped_early") else ""))
+    else:
+        tail = (state["failure"] or {}).get("stderr_tail", "").strip().splitlines()[-1:] or [""]
+        log(f"    FAILED (exit code {(state['failure'] or {}).get('returncode')}): {tail[0]}")
+    return write_reports(spec, variants, cells, states)
+
+
+__all__ += ["cell_command", "eval_command", "run_cell", "evaluate_cell", "needs_extra_eval", "variant_names",
+            "estimate_seconds_per_cell", "default_eval_name"]
