@@ -159,3 +159,9 @@ def test_bad_input():
         ap_loss(torch.zeros(3), torch.tensor([0, 1, 1]), torch.ones(2))
     with pytest.raises(ValueError, match="method"):
         ap_loss(torch.zeros(3), torch.tensor([0, 1, 1]), method="fast")
+
+
+def test_sum_with_avg_factor_is_an_error():
+    pred, target = torch.zeros(2, 4), torch.tensor([[1.0, 0, 0, 0], [0, 0, 1, 0]])
+    with pytest.raises(ValueError, match='avg_factor can only be used with reduction="mean"'):
+        ap_loss(pred, target, reduction="sum", avg_factor=2.0)

@@ -146,6 +146,9 @@ def test_ghm_bad_input():
         ghmc_loss(torch.zeros(2, 3), torch.zeros(2, 3), momentum=0.5)
     with pytest.raises(ValueError, match="reduction"):
         ghmr_loss(torch.zeros(2, 4), torch.zeros(2, 4), reduction="avg")
+    for loss in (ghmc_loss, ghmr_loss):  # the convention of weight_reduce_loss: a sum has no avg_factor
+        with pytest.raises(ValueError, match='avg_factor can only be used with reduction="mean"'):
+            loss(torch.zeros(2, 4), torch.zeros(2, 4), reduction="sum", avg_factor=3.0)
     with pytest.raises(ValueError, match="same shape"):
         ghmr_loss(torch.zeros(2, 4), torch.zeros(3, 4))
     with pytest.raises(ValueError, match="momentum"):

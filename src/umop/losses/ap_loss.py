@@ -150,7 +150,8 @@ def ap_loss(pred: Tensor, target: Tensor, weight: Tensor | None = None, reductio
             validity is used: AP-Loss has no per-sample weights).
         reduction: ``"mean"`` (``1 - AP``, the sum of per-positive errors divided by ``|P|``) or ``"sum"``;
             ``"none"`` is not defined for a ranking loss over the whole set.
-        avg_factor: with ``"mean"``, the divisor instead of ``|P|``.
+        avg_factor: with ``"mean"``, the divisor instead of ``|P|``; with ``"sum"`` an error (as in
+            :func:`~umop.losses.reduction.weight_reduce_loss`).
         delta: half-width of the piecewise step function (paper: 1).
         interpolated: use interpolated AP (the official code) rather than plain AP.
         method: ``"sort"`` (default): exact sums of the piecewise-linear ``f`` from sorted scores and prefix
@@ -181,6 +182,8 @@ def ap_loss(pred: Tensor, target: Tensor, weight: Tensor | None = None, reductio
     total = APLossFunction.apply(flat, positive, negative, float(delta), bool(interpolated), method,
                                  int(max_elements))
     if reduction == "sum":
+        if avg_factor is not None:
+            raise ValueError('avg_factor can only be used with reduction="mean", got reduction="sum"')
         return total
     divisor = positive.sum().clamp(min=1).to(pred.dtype) if avg_factor is None else avg_factor
     return total / divisor

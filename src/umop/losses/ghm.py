@@ -92,12 +92,16 @@ def ghm_weights(g: Tensor, valid: Tensor, bins: int, tot: Tensor, momentum: floa
     return per_bin[index] * validf
 
 
-def _reduce(loss: Tensor, reduction: str, divisor: Tensor | float) -> Tensor:
+def _reduce(loss: Tensor, reduction: str, divisor: Tensor | float, avg_factor: Tensor | float | None) -> Tensor:
+    """``"none"`` / ``"sum"`` / ``"mean"`` (the sum divided by ``avg_factor``, else by ``divisor``); ``avg_factor``
+    with ``"sum"`` is an error, as in :func:`~umop.losses.reduction.weight_reduce_loss`."""
     if reduction == "none":
         return loss
     if reduction == "sum":
+        if avg_factor is not None:
+            raise ValueError('avg_factor can only be used with reduction="mean" or "none", got reduction="sum"')
         return loss.sum()
-    return loss.sum() / divisor
+    return loss.sum() / (divisor if avg_factor is None else avg_factor)
 
 
 def _check_common(pred: Tensor, reduction: str, bins: int, momentum: float) -> None:
@@ -151,7 +155,7 @@ def ghmc_loss(pred: Tensor, target: Tensor, weight: Tensor | None = None, reduct
     g = (pred.detach().sigmoid() - target).abs()
     beta = ghm_weights(g, valid, int(bins), tot, momentum, acc_sum, last_edge=1.0 + 1e-6)
     loss = F.binary_cross_entropy_with_logits(pred, target, reduction="none") * beta
-    return _reduce(loss, reduction, tot if avg_factor is None else avg_factor)
+    return _reduce(loss, reduction, tot, avg_factor)
 
 
 def ghmr_loss(pred: Tensor, target: Tensor, weight: Tensor | None = None, reduction: str = "mean",
@@ -185,7 +189,7 @@ def ghmr_loss(pred: Tensor, target: Tensor, weight: Tensor | None = None, reduct
     loss = torch.sqrt(diff * diff + mu * mu) - mu                      # ASL1, Eq. 10
     g = (diff / torch.sqrt(diff * diff + mu * mu)).abs().detach()     # Eq. 12
     beta = ghm_weights(g, valid, int(bins), tot, momentum, acc_sum, last_edge=1e3)
-    return _reduce(loss * beta, reduction, tot if avg_factor is None else avg_factor)
+    return _reduce(loss * beta, reduction, tot, avg_factor)
 
 
 def _check_state_options(bins: int, momentum: float) -> None:
