@@ -171,3 +171,17 @@ def test_bad_input():
     with pytest.raises(ValueError, match="topk"):
         ATSSAssigner(num_classes=1, topk=0)
     assert isinstance(gt, PaddedTargets)
+
+
+def test_max_ious_cover_the_negatives_and_padding():
+    from torchvision.ops import box_iou
+
+    anchors = grid_anchors(16, 8, 5)
+    targets = [{"boxes": torch.tensor([[8.0, 8.0, 32.0, 32.0], [40.0, 40.0, 72.0, 60.0]]),
+                "labels": torch.tensor([0, 0])},
+               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}]
+    result = ATSSAssigner(num_classes=1)(anchors, [25], pad_targets(targets))
+    torch.testing.assert_close(result.max_ious[0], box_iou(anchors, targets[0]["boxes"]).amax(dim=1))
+    negative = ~result.positive_mask[0] & (result.max_ious[0] > 0)
+    assert negative.any() and (result.ious[0][negative] == 0).all()  # ious is 0 there, max_ious is not
+    assert (result.max_ious[1] == 0).all()  # an image without gt (its padded gt rows do not count)

@@ -129,3 +129,12 @@ def test_validate_targets_names_the_image(bad, message):
 
 def test_validate_accepts_empty_images():
     validate_targets([{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}], NUM_CLASSES)
+
+
+def test_max_ious_cover_the_negatives():
+    """max_ious (what IoU-balanced sampling bins the negatives by) is each anchor's best IoU with any gt,
+    also where the anchor is background or ignored; ious stays 0 there."""
+    result = _assign()
+    expected = box_iou(ANCHORS, GT[0]["boxes"]).amax(dim=1)
+    torch.testing.assert_close(result.max_ious[0], expected)
+    assert result.max_ious[0, 3] == pytest.approx(1 / 3) and result.ious[0, 3] == 0  # a background anchor

@@ -122,3 +122,21 @@ def test_kl_loss_grows_a_variance_branch_and_votes_at_inference(detector, batch)
     default = tiny(detector).eval()
     with torch.no_grad():
         assert "bbox_log_var" not in default.head(default.backbone(default.preprocess(batch[0])[0]))
+
+
+@pytest.mark.parametrize("detector", FITS[("sampler", "iou_balanced")])
+def test_iou_balanced_sampling_sees_the_negatives_iou(detector, batch):
+    """The sampler bins the negatives by their IoU with the gt: the detector must hand it each prior's largest
+    IoU (the assigners' max_ious), not the matched IoU, which is 0 at every negative."""
+    model = tiny(detector, sampler="iou_balanced")
+    model.train()
+    seen = {}
+
+    def capture(module, inputs):
+        seen["labels"], seen["max_ious"] = inputs[2], inputs[3]
+
+    model.sampler.register_forward_pre_hook(capture)
+    model(*batch)
+    negative = seen["labels"] == model.num_classes
+    assert (seen["max_ious"][negative] > 0.1).any()  # negatives that overlap a gt
+    assert (seen["max_ious"] <= 1).all() and (seen["max_ious"] >= 0).all()

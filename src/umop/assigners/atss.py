@@ -130,5 +130,8 @@ class ATSSAssigner:
         ious = torch.where(positive, best_iou, torch.zeros_like(best_iou))
         if prior_valid is not None:
             labels = torch.where(prior_valid, labels, torch.full_like(labels, -1))
+        max_ious = overlaps.masked_fill(~gt_mask[:, None, :], 0.0).amax(dim=2)  # negatives included
+        if prior_valid is not None:
+            max_ious = torch.where(prior_valid, max_ious, torch.zeros_like(max_ious))
         return AssignResult(labels, matched_gt, ious, list(num_anchors_per_level), self.num_classes,
-                            prior_valid=prior_valid)
+                            prior_valid=prior_valid, max_ious=max_ious)

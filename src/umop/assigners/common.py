@@ -36,6 +36,9 @@ class AssignResult:
     prior_valid: ``(B, A)`` bool, the priors inside their image's own padded size (mmdetection's valid
         flags; the others are labelled ``-1``), or ``None`` when every prior of the batch counts (FCOS, or
         an assignment made without image sizes).
+    max_ious: ``(B, A)`` float, each prior box's largest IoU with any ground truth of its image, negatives
+        included (mmdetection's ``MaxIoUAssigner`` ``max_overlaps``; what IoU-balanced sampling bins the
+        negatives by); 0 without ground truth and at invalid priors; ``None`` for point priors (FCOS).
     """
 
     labels: Tensor
@@ -45,6 +48,7 @@ class AssignResult:
     num_classes: int
     extras: dict[str, Tensor] = field(default_factory=dict)
     prior_valid: Optional[Tensor] = None
+    max_ious: Optional[Tensor] = None
 
     @property
     def positive_mask(self) -> Tensor:

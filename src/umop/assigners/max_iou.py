@@ -84,4 +84,4 @@ class MaxIoUAssigner:
         matched_gt = torch.where(positive, best_gt, torch.full_like(best_gt, -1))
         matched_iou = torch.where(positive, best_iou, torch.zeros_like(best_iou))
         return AssignResult(labels, matched_gt, matched_iou, list(num_anchors_per_level), self.num_classes,
-                            prior_valid=prior_valid)
+                            prior_valid=prior_valid, max_ious=best_iou.clamp(min=0))

@@ -156,7 +156,7 @@ class OneStageDetector(nn.Module):
     default_loss_weights: dict[str, float] = {"loss_cls": 1.0, "loss_box": 1.0}
     has_delta_coder = False    # box_coder.encode gives regression deltas (a deltas box loss applies)
     supports_log_var = False   # the head can grow a log-variance branch (KL loss)
-    has_prior_ious = True      # assign_result.ious is the prior box's IoU with its gt (IoU-based samplers)
+    has_prior_ious = True      # assign_result.max_ious: each prior box's largest IoU with a gt (IoU-based samplers)
     default_nms_thresh: float = 0.6   # mmdetection test_cfg NMS IoU of the detector
     uses_valid_flags: bool = True     # priors in another image's padding leave assignment and losses
     clamp_positives_per_image: bool = False  # avg_factor sum_i max(pos_i, 1) (AnchorHead / ATSSHead)
@@ -367,7 +367,8 @@ class OneStageDetector(nn.Module):
         targets = one_hot_targets(assign_result.labels, positive, self.num_classes, dtype)
         weight = self.classification_weight(assign_result, dtype)
         if self.sampler is not None:
-            weight = self.sampler(logits.detach(), targets, assign_result.labels, assign_result.ious, weight)
+            max_ious = assign_result.max_ious if assign_result.max_ious is not None else assign_result.ious
+            weight = self.sampler(logits.detach(), targets, assign_result.labels, max_ious, weight)
         box_weights = self.box_weights(inputs)
         per_prior_box = None
         if self.cls_loss.needs_loc_error or self.reweighting is not None:
