@@ -131,11 +131,12 @@ def pad_targets(targets: Sequence[Mapping[str, Tensor]], device: Optional[torch.
     batch, max_boxes = len(targets), max(1, max(counts))
     boxes = torch.zeros(batch, max_boxes, 4, dtype=torch.float32, device=device)
     labels = torch.full((batch, max_boxes), -1, dtype=torch.long, device=device)
-    for index, (target, count) in enumerate(zip(targets, counts)):
+    mask = torch.zeros(batch, max_boxes, dtype=torch.bool, device=device)
+    for index, (target, count) in enumerate(zip(targets, counts)):  # copies and fills: no host sync
         if count:
             boxes[index, :count] = target["boxes"].to(device=device, dtype=torch.float32)
             labels[index, :count] = target["labels"].to(device=device, dtype=torch.long)
-    mask = torch.arange(max_boxes, device=device)[None, :] < torch.tensor(counts, device=device)[:, None]
+            mask[index, :count] = True
     return PaddedTargets(boxes, labels, mask)
 
 

@@ -83,9 +83,9 @@ class FCOSAssigner:
         self.virtual_anchor_scale = virtual_anchor_scale
 
     def _per_point(self, values: Sequence[float], num_points_per_level: list[int], device, dtype) -> Tensor:
-        per_level = torch.tensor(values, device=device, dtype=dtype)
-        counts = torch.tensor(num_points_per_level, device=device)
-        return per_level.repeat_interleave(counts, dim=0, output_size=sum(num_points_per_level))
+        """``(A,)``: each level's value repeated over its points (fills, no host-to-device copy)."""
+        return torch.cat([torch.full((count,), float(value), device=device, dtype=dtype)
+                          for value, count in zip(values, num_points_per_level)])
 
     def __call__(self, points: Tensor, num_points_per_level: list[int], gt: PaddedTargets) -> AssignResult:
         """Assign ``points`` (``(A, 2)`` xy or ``(A, 4)`` zero-size boxes ``[x, y, x, y]``) to the padded gt.

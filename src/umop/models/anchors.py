@@ -104,7 +104,10 @@ class AnchorGenerator(nn.Module):
         """
         if len(feature_sizes) != len(self.strides):
             raise ValueError(f"feature_sizes: expected {len(self.strides)} levels, got {len(feature_sizes)}")
-        sizes = torch.as_tensor([[int(h), int(w)] for h, w in pad_sizes], dtype=torch.long, device=device)  # (B, 2)
+        sizes = torch.as_tensor([[int(h), int(w)] for h, w in pad_sizes], dtype=torch.long)  # (B, 2)
+        if torch.device(device).type == "cuda":  # a pinned, non-blocking copy does not wait for the queued forward
+            sizes = sizes.pin_memory()
+        sizes = sizes.to(device, non_blocking=True)
         flags = []
         for (height, width), stride in zip(feature_sizes, self.strides):
             limit_h = torch.div(sizes[:, 0] + stride - 1, stride, rounding_mode="floor").clamp(max=int(height))

@@ -30,6 +30,8 @@ def masked_box_pairs(pred: Tensor, target: Tensor, positive: Tensor) -> tuple[Te
     Lets a box loss run densely over all priors (no boolean indexing, no host sync) with finite values and
     exactly zero gradient at the non-positive priors; the caller still multiplies by a positive mask/weight.
     """
-    dummy = torch.tensor([0.0, 0.0, 1.0, 1.0], dtype=pred.dtype, device=pred.device).expand_as(pred)
+    dummy = pred.new_zeros(4)  # [0, 0, 1, 1] by fills: torch.tensor(..., device=cuda) would block the host
+    dummy[2:] = 1.0
+    dummy = dummy.expand_as(pred)
     mask = positive.unsqueeze(-1)
     return torch.where(mask, pred, dummy), torch.where(mask, target.to(pred.dtype), dummy)
