@@ -4,10 +4,10 @@
 
 One row per variant: mean ± sample sd over the finished seeds (each seed's value in brackets), the paired
 difference to the baseline with its 95% t interval (bold when the interval excludes 0), oLRP, and the training
-seconds of its fastest cell (work running beside a cell only slows it). A study run with ``--eval-set`` adds
-the metric, its paired difference and oLRP under those test settings (``study.json``'s ``extra_evaluation``). ``--convergence``: the variant's AP at
-75% of the schedule against the baseline at 100% (the "Convergence" table of study.md). The numbers are
-formatted by umop.study.report, as in study.md.
+seconds of its fastest cell that ran in one attempt (work running beside a cell only slows it). A study run
+with ``--eval-set`` adds the metric, its paired difference and oLRP under those test settings (``study.json``'s
+``extra_evaluation``). ``--convergence``: the variant's AP at 75% of the schedule against the baseline at 100%
+(the "Convergence" table of study.md). The numbers are formatted by umop.study.report, as in study.md.
 """
 from __future__ import annotations
 
@@ -63,8 +63,9 @@ def rows(record: dict, metric: str) -> list[str]:
         header += [f"{metric}, {extra['name']}", f"minus {baseline} [95% CI], {extra['name']}", f"oLRP, {extra['name']}"]
     lines = [f"| variant | {' | '.join(header)} | train s (fastest cell) |", "|---" * (len(header) + 2) + "|"]
     for variant in record["variants"]:
-        seconds = sorted(c["train_seconds"] for c in record["cells"]
-                         if c["variant"] == variant and c["status"] == "finished" and c.get("train_seconds"))
+        seconds = sorted(c["train_seconds"] for c in record["cells"]  # a resumed cell timed its last attempt only
+                         if c["variant"] == variant and c["status"] == "finished" and c.get("train_seconds")
+                         and not c.get("resumed"))
         fastest = f"{seconds[0]:.0f}" if seconds else "-"  # other work beside a cell only slows it
         cells = _columns(record["summary"], record["differences"], variant, baseline, metric)
         if extra:
@@ -93,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     record = load_record(args.study)
     if record is None:
+        return 2
+    if args.metric not in record["metrics"]:
+        print(f"error: --metric {args.metric!r} is not a metric of {args.study} (metrics: "
+              f"{', '.join(m for m in record['metrics'] if '/' not in m)})", file=sys.stderr)
         return 2
     print("\n".join(convergence_rows(record) if args.convergence else rows(record, args.metric)))
     return 0

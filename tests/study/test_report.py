@@ -184,3 +184,53 @@ def test_ap_curves_mark_means_over_fewer_seeds(tmp_path):
     assert [len(pfl["per_epoch"][e]) for e in (1, 2, 3, 4)] == [3, 3, 2, 2]
     assert pfl["stopped"] == [(2, pytest.approx(AP[("pfl", 2)] * 2 / 4))]
     assert (tmp_path / "study" / "figures" / "ap_vs_epoch.png").is_file()
+
+
+def test_the_same_command_on_a_study_file_twice_gives_the_same_study(fake_study, capsys):
+    spec, _cells = fake_study
+    run_study(spec)
+    study_file = f"{spec.out}/study.yaml"
+    for _ in range(2):  # --vary / --set replace the file's entries for their keys instead of adding to them
+        assert main(["study", study_file, "--vary", "cls_loss=focal,pfl", "--set", "solver.epochs=4",
+                     "--dry-run"]) == 0
+        assert "6 cells, 6 finished" in capsys.readouterr().out
+        run_study(StudySpec(spec.config, spec.vary, spec.seeds, spec.out, spec.overrides))  # rewrites study.yaml
+    assert parse_vary("model.cls_loss_options.delta=0.25,0.5")[0] == "model.cls_loss_options.delta"  # as --set
+    with pytest.raises(ValueError, match="a value is repeated"):
+        parse_vary("model.cls_loss_options.delta=0.5,0.50")  # the same number as YAML
+
+
+def test_study_file_set_as_one_string(tmp_path):
+    from umop.study.runner import load_study_file
+
+    path = tmp_path / "s.yaml"
+    path.write_text("config: demo_synthetic\nvary: {cls_loss: [focal, pfl]}\nseeds: [0]\nout: o\n"
+                    "set: solver.epochs=2\neval_set: model.options.score_thresh=0\n")
+    spec = load_study_file(path)
+    assert spec.overrides == ["solver.epochs=2"] and spec.eval_overrides == ["model.options.score_thresh=0"]
+    path.write_text("config: demo_synthetic\nvary: {cls_loss: [focal]}\nseeds: [0]\nout: o\nset: 3\n")
+    with pytest.raises(ValueError, match=r"study file .*'set' / 'eval_set' must be a list"):
+        load_study_file(path)
+
+
+def test_an_eval_name_is_not_reused_for_other_settings(fake_study):
+    spec, _cells = fake_study
+    first = StudySpec(spec.config, spec.vary, spec.seeds, spec.out, spec.overrides,
+                      eval_overrides=["model.options.score_thresh=0"], eval_name="low")
+    run_study(first)
+    run_study(first)  # the same settings again: fine
+    other = StudySpec(spec.config, spec.vary, spec.seeds, spec.out, spec.overrides,
+                      eval_overrides=["model.options.score_thresh=0.01"], eval_name="low")
+    with pytest.raises(ValueError, match="--eval-name 'low' was used with --eval-set model.options.score_thresh=0 "):
+        run_study(other)
+
+
+def test_train_time_leaves_out_resumed_cells(fake_study):
+    spec, cells = fake_study
+    resumed = next(c for c in cells if (c.variant, c.seed) == ("pfl", 0))
+    with (resumed.run_dir / "study_attempts.jsonl").open("a") as stream:  # a second attempt: its summary times it
+        stream.write(json.dumps({"seconds": 3.0, "returncode": 0}) + "\n")
+    record = run_study(spec)
+    assert record["summary"]["pfl"]["train_seconds"]["by_seed"] == {"1": 13.0, "2": 14.0}
+    assert record["summary"]["focal"]["train_seconds"]["n"] == 3
+    assert "| pfl | 0 | finished (resumed) | 30.0 | 4/4 | 40 | 12 (last attempt) |" in open(f"{spec.out}/study.md").read()

@@ -54,15 +54,16 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def spec_from_args(args: argparse.Namespace):
     """The :class:`~umop.study.runner.StudySpec` of the command line (a study file, then the flags)."""
-    from .runner import StudySpec, is_study_file, load_study_file, parse_seeds, parse_vary
+    from .runner import (StudySpec, is_study_file, load_study_file, merge_overrides, merge_vary, parse_seeds,
+                         parse_vary)
 
-    if is_study_file(args.config):
+    if is_study_file(args.config):  # the flags replace the file's entries for the same keys, or add to them
         spec = load_study_file(args.config)
-        spec.vary += [parse_vary(text) for text in args.vary]
+        spec.vary = merge_vary(spec.vary, [parse_vary(text) for text in args.vary])
         if args.seeds:
             spec.seeds = parse_seeds(args.seeds)
         spec.out = args.out or spec.out
-        spec.overrides += list(args.overrides)
+        spec.overrides = merge_overrides(spec.overrides, list(args.overrides))
     else:
         missing = [flag for flag, value in (("--vary", args.vary), ("--seeds", args.seeds), ("--out", args.out))
                    if not value]

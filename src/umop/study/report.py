@@ -104,13 +104,14 @@ def build_record(spec: Any, variants: list[str], cells: list[Any], states: dict[
 
     finished_cells = [c for c in cell_records if c["status"] == "finished"]
     metrics, summary_table, differences = _compare(variants, baseline, finished_cells, "metrics")
-    for variant in variants:
-        seconds = [c["train_seconds"] for c in finished_cells
-                   if c["variant"] == variant and c["train_seconds"] is not None]
+    for variant in variants:  # a resumed cell's summary times its last attempt only: left out
+        seconds = {c["seed"]: c["train_seconds"] for c in finished_cells
+                   if c["variant"] == variant and c["train_seconds"] is not None and not c["resumed"]}
         if seconds:
-            mean, std = mean_std(seconds)
+            mean, std = mean_std(list(seconds.values()))
             summary_table[variant]["train_seconds"] = {"mean": mean, "std": None if math.isnan(std) else std,
-                                                       "n": len(seconds)}
+                                                       "n": len(seconds),
+                                                       "by_seed": {str(s): v for s, v in seconds.items()}}
     extra = None
     spec_dict = spec.to_dict()
     if spec_dict.get("eval_set"):
@@ -279,7 +280,7 @@ def _tables(record: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
                        ["Interval from the t distribution with n - 1 degrees of freedom (n = seeds that finished "
                         "for both)."]))
     extra = record.get("extra_evaluation")
-    if extra and extra["metrics"]:
+    if extra:
         tables.append(_extra_table(record, extra))
     convergence = record["convergence"]
     if any(convergence.values()):
@@ -304,7 +305,8 @@ def _tables(record: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
              + (" (resumed)" if c["resumed"] and c["status"] == "finished" else ""),
              _pct(c["metrics"].get("AP")), f"{c['epochs'] if c['epochs'] is not None else '-'}"
              f"/{c['planned_epochs'] or '-'}", str(c["iterations"] if c["iterations"] is not None else "-"),
-             f"{c['train_seconds']:.0f}" if c["train_seconds"] is not None else "-", f"`{c['run_dir']}`"]
+             "-" if c["train_seconds"] is None else f"{c['train_seconds']:.0f}" + (" (last attempt)" if c["resumed"] else ""),
+             f"`{c['run_dir']}`"]
             for c in cells]
     tables.append(("Cells", ["variant", "seed", "status", "AP", "epochs", "iterations", "train s", "run folder"],
                    rows, []))
@@ -325,7 +327,7 @@ def _extra_table(record: dict[str, Any], extra: dict[str, Any]) -> tuple[str, li
             for v in variants]
     settings = " ".join(f"`{o}`" for o in extra["set"])
     notes = [comparison_sentence(v, baseline, extra["differences"].get(v, {}).get("AP"), f"AP ({extra['name']})")
-             for v in variants if v != baseline]
+             for v in variants if v != baseline] if extra["metrics"] else []
     notes.append(f"The same checkpoints (the last of each cell) evaluated again with {settings}: test settings "
                  f"only, the trained weights are the study's; each cell's `eval_{extra['name']}.json`. Seeds: cells "
                  f"evaluated / finished.")

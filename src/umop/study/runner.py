@@ -135,12 +135,13 @@ def resolve_key(key: str) -> str:
     Raises:
         ValueError: unknown or ambiguous key (the message names it and the nearest valid key).
     """
-    from ..engine.config import _unknown_key_error, _valid_keys, Config
+    from ..engine.config import MODEL_OPTION_KEYS, _unknown_key_error, _valid_keys, Config
 
     key = key.strip()
     valid = _valid_keys(Config)
-    if key in valid or (key.startswith("model.options.") and len(key.split(".")) >= 3):
-        return key
+    parts = key.split(".")
+    if key in valid or (len(parts) >= 3 and parts[0] == "model" and parts[1] in MODEL_OPTION_KEYS):
+        return key  # free-form option keys (model.options.*, model.cls_loss_options.*, ...): as --set takes them
     if key in KEY_ALIASES:
         return KEY_ALIASES[key]
     matches = [k for k in valid if k.rpartition(".")[2] == key]
@@ -160,9 +161,34 @@ def parse_vary(text: str) -> tuple[str, list[str]]:
     values = _split_top_level(raw)
     if any(not value for value in values):
         raise ValueError(f"--vary '{text}': empty value in the list")
-    if len(set(values)) != len(values):
-        raise ValueError(f"--vary '{text}': a value is repeated")
+    parsed = [json.dumps(_yaml_value(value), sort_keys=True, default=str) for value in values]
+    if len(set(parsed)) != len(parsed):
+        raise ValueError(f"--vary '{text}': a value is repeated (values are compared as YAML: 0.5 = 0.50)")
     return resolve_key(key), values
+
+
+def _yaml_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def merge_vary(vary: list[tuple[str, list[str]]], more: list[tuple[str, list[str]]]) -> list[tuple[str, list[str]]]:
+    """``vary`` with ``more``'s entries: a key already there takes the new values, a new key is appended (so the
+    same command run twice gives the same study)."""
+    merged = dict(vary)
+    merged.update(more)
+    return list(merged.items())
+
+
+def merge_overrides(overrides: list[str], more: list[str]) -> list[str]:
+    """``overrides`` with ``more``'s ``KEY=VALUE`` items: an item for a key already there replaces it."""
+    def key(item: str) -> str:
+        return item.partition("=")[0].strip()
+
+    replaced = {key(item) for item in more}
+    return [item for item in overrides if key(item) not in replaced] + list(more)
 
 
 def parse_seeds(text: str | list) -> list[int]:
@@ -232,8 +258,8 @@ def load_study_file(path: str | Path) -> StudySpec:
         vary = [parse_vary(str(item)) for item in vary_raw]
     else:
         raise ValueError(f"study file {path}: 'vary' must be a mapping KEY: [values] or a list of 'KEY=V1,V2'")
-    overrides, eval_overrides = (_override_list(data.get(key)) for key in ("set", "eval_set"))
     try:
+        overrides, eval_overrides = (_override_list(data.get(key)) for key in ("set", "eval_set"))
         return StudySpec(config=str(data["config"]), vary=vary, seeds=parse_seeds(data["seeds"]),
                          out=str(data["out"]), overrides=overrides, baseline=str(data.get("baseline") or ""),
                          eval_overrides=eval_overrides, eval_name=str(data.get("eval_name") or ""))
@@ -242,9 +268,14 @@ def load_study_file(path: str | Path) -> StudySpec:
 
 
 def _override_list(raw: Any) -> list[str]:
-    """A study file's ``set`` / ``eval_set``: a list of ``KEY=VALUE`` or a mapping, as ``KEY=VALUE`` strings."""
+    """A study file's ``set`` / ``eval_set``: a list of ``KEY=VALUE``, one such string, or a mapping, as
+    ``KEY=VALUE`` strings."""
     if isinstance(raw, dict):
         return [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in raw.items()]
+    if isinstance(raw, str):
+        return [raw]
+    if raw is not None and not isinstance(raw, list):
+        raise ValueError(f"'set' / 'eval_set' must be a list of KEY=VALUE, got {raw!r}")
     return [str(item) for item in raw or []]
 
 
@@ -422,13 +453,15 @@ def _study_lock(out: Path) -> Iterator[None]:
     except ImportError:  # pragma: no cover - Windows: no lock
         yield
         return
-    handle = (out / ".study.lock").open("w")
+    handle = (out / ".study.lock").open("a+")  # not "w": that would empty the running study's PID
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as error:
         handle.close()
         raise ValueError(f"another `umop study` is running on {out} (lock {out / '.study.lock'})") from error
     try:
+        handle.seek(0)
+        handle.truncate()
         handle.write(str(os.getpid()))
         handle.flush()
         yield
@@ -452,6 +485,20 @@ def _stop_on_sigterm() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _signals_ignored() -> Iterator[None]:
+    """SIGINT and SIGTERM ignored inside (main thread only), restored after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _tail(path: Path, offset: int, chars: int = _STDERR_TAIL_CHARS) -> str:
@@ -495,12 +542,13 @@ def _run_logged(command: list[str], run_dir: Path, on_stop: Any = None) -> tuple
         try:
             returncode = process.wait()
         except BaseException as error:
-            if isinstance(error, KeyboardInterrupt):  # Ctrl-C reached the subprocess too: let it save and exit
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    process.wait(timeout=60)
-            _stop_process(process)
-            if on_stop is not None:
-                on_stop(process.returncode)
+            with _signals_ignored():  # a second Ctrl-C / SIGTERM must not leave the subprocess running
+                if isinstance(error, KeyboardInterrupt):  # Ctrl-C reached the subprocess too: let it save and exit
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        process.wait(timeout=60)
+                _stop_process(process)
+                if on_stop is not None:
+                    on_stop(process.returncode)
             raise
     return returncode, _tail(stderr_path, offset)
 
@@ -597,6 +645,7 @@ def run_study(spec: StudySpec, *, dry_run: bool = False, python: str | None = No
         return {"cells": len(cells), "remaining": len(todo), "seconds_per_cell": per_cell}
 
     with _study_lock(out), _stop_on_sigterm():
+        _check_eval_name_reuse(spec, out / "study.yaml")
         (out / "study.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
         log(f"study {out}: {len(cells)} cells ({len(cells) - len(todo)} finished, {len(todo)} to run)")
         record = write_reports(spec, variants, cells, states)
@@ -607,6 +656,20 @@ def run_study(spec: StudySpec, *, dry_run: bool = False, python: str | None = No
                 record = _evaluate_and_report(spec, variants, cells, states, cell, python, log)
         log(f"reports: {out / 'study.md'}, {out / 'study.html'}, {out / 'study.json'}")
         return record
+
+
+def _check_eval_name_reuse(spec: StudySpec, previous_file: Path) -> None:
+    """Refuse ``--eval-name`` NAME when the study's previous run used NAME with other ``--eval-set`` settings: the
+    cells' ``eval_<NAME>.json`` would be read back and reported under the new settings."""
+    if not spec.eval_overrides or not previous_file.is_file():
+        return
+    try:
+        previous = yaml.safe_load(previous_file.read_text()) or {}
+    except yaml.YAMLError:
+        return
+    if previous.get("eval_name") == spec.eval_name and previous.get("eval_set") not in (None, spec.eval_overrides):
+        raise ValueError(f"--eval-name '{spec.eval_name}' was used with --eval-set {' '.join(previous['eval_set'])} "
+                         f"({previous_file}); give these settings another --eval-name")
 
 
 def _stopped(spec: StudySpec, variants: list[str], cells: list[Cell], states: dict[str, dict[str, Any]],
@@ -659,4 +722,4 @@ def _train_and_report(spec: StudySpec, variants: list[str], cells: list[Cell], s
 
 
 __all__ += ["cell_command", "eval_command", "run_cell", "evaluate_cell", "needs_extra_eval", "variant_names",
-            "estimate_seconds_per_cell", "default_eval_name"]
+            "estimate_seconds_per_cell", "default_eval_name", "merge_vary", "merge_overrides"]
