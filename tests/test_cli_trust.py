@@ -169,6 +169,40 @@ def test_user_mistakes_are_one_line_with_exit_code_2(tmp_path, tiny, offline, ca
     assert "is a config, not a checkpoint" in one_line_error(capsys.readouterr())
 
 
+def test_more_user_mistakes_name_the_file_key_or_argument(tmp_path, tiny, capsys):
+    """The cases a probe of the CLI found with unclear messages (or, for the first, none at all)."""
+    synthetic = ["data.synthetic.num_train=2", "data.synthetic.num_val=1", f"data.synthetic.out_dir={tmp_path / 'syn'}",
+                 *[o for o in TINY if not o.startswith("data.synthetic")]]
+    assert main(["train", "demo_synthetic", "--out", str(tmp_path / "t"), "--set", *synthetic,
+                 f"data.train_ann={tmp_path / 'mine.json'}"]) == 2  # was: trained on the synthetic set, exit 0
+    message = one_line_error(capsys.readouterr())
+    assert "data.train_ann=" in message and "data.synthetic.enabled=false" in message
+    assert main(["config", "show", "demo_synthetic", "--set", "solver.epochs=abc"]) == 2
+    message = one_line_error(capsys.readouterr())
+    assert message.startswith("umop config: error: --set (over ") and "solver.epochs" in message
+    assert main(["eval", str(tmp_path)]) == 2
+    assert "is a directory, expected a checkpoint file" in one_line_error(capsys.readouterr())
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(bytes(range(256)) * 8)
+    assert main(["eval", str(junk)]) == 2
+    message = one_line_error(capsys.readouterr())
+    assert "junk.pt" in message and "not a PyTorch checkpoint" in message and message.isprintable()
+    assert main(["data", "check", str(tmp_path)]) == 2
+    assert "is a directory, expected a COCO json file" in one_line_error(capsys.readouterr())
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.png"}, {"id": 2}], "annotations": [],
+                               "categories": []}))
+    assert main(["data", "split", str(bad), "--val", "1"]) == 2
+    assert f"{bad}: images[1] has no 'file_name' or 'id'" in one_line_error(capsys.readouterr())
+    (tmp_path / "notvoc").mkdir()
+    (tmp_path / "notvoc" / "readme.txt").write_text("x")
+    assert main(["data", "convert", "--from", "voc", str(tmp_path / "notvoc"), "--out", str(tmp_path / "c.json")]) == 2
+    assert "notvoc is not a VOC folder" in one_line_error(capsys.readouterr())
+    assert main(["predict", str(tiny["checkpoint"]), str(tmp_path / "junk.pt"), "--out", str(tmp_path / "p"),
+                 "--score-thresh", "lrp", "--eval-json", str(tmp_path / "none.json")]) == 2
+    assert "--eval-json" in (message := one_line_error(capsys.readouterr())) and "none.json: file not found" in message
+
+
 def test_help_imports_no_torch():
     code = "import sys; from umop.cli import build_parser; build_parser(); print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

@@ -85,7 +85,10 @@ def _split(args: argparse.Namespace) -> int:
         coco = json.loads(args.ann_file.read_text())
     except (OSError, ValueError) as error:
         raise ValueError(f"cannot read the COCO json {args.ann_file}: {error}") from error
-    train, val = split_coco(coco, args.val, by=args.by)
+    try:
+        train, val = split_coco(coco, args.val, by=args.by)
+    except ValueError as error:
+        raise ValueError(f"{args.ann_file}: {error}") from error
     stem = args.ann_file.with_suffix("")
     for part, path in ((train, args.out_train or Path(f"{stem}_train.json")),
                        (val, args.out_val or Path(f"{stem}_val.json"))):

@@ -53,6 +53,8 @@ def load_coco_json(ann_file: str | Path) -> dict[str, Any]:
         ValueError: not valid json, or not a COCO detection file (message names the file and the problem).
     """
     ann_file = Path(ann_file)
+    if ann_file.is_dir():
+        raise FileNotFoundError(f"annotation file {ann_file} is a directory, expected a COCO json file")
     if not ann_file.is_file():
         raise FileNotFoundError(f"annotation file not found: {ann_file}")
     try:

@@ -129,8 +129,9 @@ def _resolve_voc_dirs(voc_root_or_ann_dir: Path, image_dir: str | Path | None) -
         root, ann_dir = voc_root_or_ann_dir, voc_root_or_ann_dir / "Annotations"
     else:
         root, ann_dir = voc_root_or_ann_dir.parent, voc_root_or_ann_dir
-    if not ann_dir.is_dir():
-        raise FileNotFoundError(f"VOC annotation folder not found: {ann_dir}")
+    if not ann_dir.is_dir() or not any(ann_dir.glob("*.xml")):
+        raise FileNotFoundError(f"{voc_root_or_ann_dir.resolve()} is not a VOC folder: expected Annotations/*.xml "
+                                f"in it, or .xml files in it")
     resolved_images = Path(image_dir) if image_dir is not None else root / "JPEGImages"
     if not resolved_images.is_dir():
         raise FileNotFoundError(f"VOC image folder not found: {resolved_images} (pass image_dir / --images)")
@@ -142,7 +143,8 @@ def _read_split(split_file: str | Path, root: Path | None) -> list[str]:
     if not path.is_file() and root is not None and (root / "ImageSets" / "Main" / f"{split_file}.txt").is_file():
         path = root / "ImageSets" / "Main" / f"{split_file}.txt"
     if not path.is_file():
-        raise FileNotFoundError(f"split file not found: {split_file}")
+        where = f" (nor {root / 'ImageSets' / 'Main' / f'{split_file}.txt'})" if root is not None else ""
+        raise FileNotFoundError(f"split file not found: {split_file}{where}")
     return [line.split()[0] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 

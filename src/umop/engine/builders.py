@@ -64,6 +64,11 @@ def prepare_synthetic_data(config: Config, run_dir: Path) -> None:
 
         barrier()
         ann_file = next(iter(sorted(split_dir.glob("*.json"))))
+        given = getattr(config.data, f"{split}_ann")
+        if given and Path(given).resolve() != ann_file.resolve():  # (a resumed run's config holds ann_file itself)
+            raise ConfigError(f"data.{split}_ann={given} is set, but data.synthetic.enabled is true and would "
+                              f"replace it by the synthetic set ({ann_file}): add data.synthetic.enabled=false to "
+                              f"train on your data")
         setattr(config.data, f"{split}_ann", str(ann_file))
         setattr(config.data, f"{split}_images", str(_image_dir_of(ann_file)))
 

@@ -73,13 +73,19 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         ValueError: naming the file when it is missing or unreadable.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"checkpoint '{path}' is a directory, expected a checkpoint file (e.g. {path}/checkpoints/last.pt)")
     if not path.is_file():
         raise ValueError(f"checkpoint '{path}' does not exist")
     try:
         # Our checkpoints hold RNG states (NumPy arrays, tuples) and the config dict: not weights-only.
         checkpoint = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as error:  # noqa: BLE001 - report any unpickling failure with the file name
-        raise ValueError(f"checkpoint '{path}' could not be read: {error}") from error
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        if not reason.isprintable() or len(reason) > 200:  # unpickling random bytes quotes them
+            reason = f"{type(error).__name__} while unpickling"
+        raise ValueError(f"checkpoint '{path}' could not be read (not a PyTorch checkpoint, or a damaged one): "
+                         f"{reason}") from error
     if not isinstance(checkpoint, dict):
         raise ValueError(f"checkpoint '{path}' does not hold a dict (got {type(checkpoint).__name__})")
     if "model" not in checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):

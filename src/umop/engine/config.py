@@ -482,8 +482,12 @@ def load_config(path_or_name: str | Path, overrides: list[str] | None = None) ->
     """
     path = resolve_config_path(path_or_name)
     data = _read_yaml(path)
-    data = apply_overrides(data, overrides)
-    config = config_from_dict(data, source=str(path))
+    source = str(path)
+    if overrides:  # the file alone first, so that an error is blamed on the file or on --set, not both
+        config_from_dict(copy.deepcopy(data), source=source)
+        data = apply_overrides(data, overrides)
+        source = f"--set (over {path})"
+    config = config_from_dict(data, source=source)
     if not config.name:
         config.name = path.stem
     if not config.output_dir:

@@ -90,6 +90,8 @@ def find_lrp_thresholds(checkpoint: str | Path, class_names: Sequence[str], defa
     checkpoint = Path(checkpoint)
     candidates = [Path(eval_json)] if eval_json is not None else [
         checkpoint.with_suffix(".eval.json"), checkpoint.parent.parent / "eval.json"]
+    if eval_json is not None and not Path(eval_json).is_file():
+        raise ValueError(f"--eval-json {eval_json}: file not found")
     for path in candidates:
         if not path.is_file():
             continue
