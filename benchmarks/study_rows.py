@@ -63,10 +63,9 @@ def rows(record: dict, metric: str) -> list[str]:
         header += [f"{metric}, {extra['name']}", f"minus {baseline} [95% CI], {extra['name']}", f"oLRP, {extra['name']}"]
     lines = [f"| variant | {' | '.join(header)} | train s (fastest cell) |", "|---" * (len(header) + 2) + "|"]
     for variant in record["variants"]:
-        seconds = sorted(c["train_seconds"] for c in record["cells"]  # a resumed cell timed its last attempt only
-                         if c["variant"] == variant and c["status"] == "finished" and c.get("train_seconds")
-                         and not c.get("resumed"))
-        fastest = f"{seconds[0]:.0f}" if seconds else "-"  # other work beside a cell only slows it
+        # the cells that ran in one attempt (study.json leaves resumed ones out); work beside a cell only slows it
+        seconds = (record["summary"][variant].get("train_seconds") or {}).get("by_seed", {}).values()
+        fastest = f"{min(seconds):.0f}" if seconds else "-"
         cells = _columns(record["summary"], record["differences"], variant, baseline, metric)
         if extra:
             cells += _columns(extra["summary"], extra["differences"], variant, baseline, metric)

@@ -108,10 +108,7 @@ def build_record(spec: Any, variants: list[str], cells: list[Any], states: dict[
         seconds = {c["seed"]: c["train_seconds"] for c in finished_cells
                    if c["variant"] == variant and c["train_seconds"] is not None and not c["resumed"]}
         if seconds:
-            mean, std = mean_std(list(seconds.values()))
-            summary_table[variant]["train_seconds"] = {"mean": mean, "std": None if math.isnan(std) else std,
-                                                       "n": len(seconds),
-                                                       "by_seed": {str(s): v for s, v in seconds.items()}}
+            summary_table[variant]["train_seconds"] = _summary_entry(seconds)
     extra = None
     spec_dict = spec.to_dict()
     if spec_dict.get("eval_set"):
@@ -143,16 +140,8 @@ def _compare(variants: list[str], baseline: str, finished_cells: list[dict[str, 
     for c in finished_cells:
         for metric, value in c[field].items():
             by_variant[c["variant"]][metric][c["seed"]] = value
-    summary: dict[str, dict[str, Any]] = {}
-    for variant in variants:
-        row: dict[str, Any] = {}
-        for metric in metrics:
-            values = by_variant[variant][metric]
-            if values:
-                mean, std = mean_std(list(values.values()))
-                row[metric] = {"mean": mean, "std": None if math.isnan(std) else std, "n": len(values),
-                               "by_seed": {str(s): v for s, v in values.items()}}
-        summary[variant] = row
+    summary = {variant: {metric: _summary_entry(by_variant[variant][metric]) for metric in metrics
+                         if by_variant[variant][metric]} for variant in variants}
     differences: dict[str, dict[str, Any]] = {}
     for variant in variants:
         if variant == baseline:
@@ -163,6 +152,18 @@ def _compare(variants: list[str], baseline: str, finished_cells: list[dict[str, 
             if difference is not None:
                 differences[variant][metric] = difference.to_dict()
     return metrics, summary, differences
+
+
+def _summary_entry(values: dict[int, float]) -> dict[str, Any]:
+    """``{"mean", "std" (None for one value), "n", "by_seed"}`` of one variant's values by seed."""
+    mean, std = mean_std(list(values.values()))
+    return {"mean": mean, "std": None if math.isnan(std) else std, "n": len(values),
+            "by_seed": {str(seed): value for seed, value in values.items()}}
+
+
+def _seeds_finished(record: dict[str, Any]) -> dict[str, int]:
+    """Finished cells per variant."""
+    return {v: sum(c["status"] == "finished" for c in record["cells"] if c["variant"] == v) for v in record["variants"]}
 
 
 def _convergence(variants: list[str], baseline: str, cells: list[dict[str, Any]]) -> dict[str, Any]:
@@ -250,7 +251,7 @@ def _tables(record: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
     metrics = record["metrics"]
     scalar = [m for m in metrics if "/" not in m]
     per_class = [m for m in metrics if m.startswith("AP/")]
-    seeds_done = {v: sum(c["status"] == "finished" for c in record["cells"] if c["variant"] == v) for v in variants}
+    seeds_done = _seeds_finished(record)
     seeds_all = {v: sum(1 for c in record["cells"] if c["variant"] == v) for v in variants}
     tables = []
     header = ["variant", "seeds", *[_label(m) for m in scalar], "train time (s)"]
@@ -319,7 +320,7 @@ def _extra_table(record: dict[str, Any], extra: dict[str, Any]) -> tuple[str, li
     variants, baseline, summary = record["variants"], record["baseline"], extra["summary"]
     shown = [m for m in extra["metrics"] if m in MAIN_METRICS or m == "oLRP"]
     compared = [m for m in ("AP", "oLRP") if m in extra["metrics"]]
-    seeds_done = {v: sum(c["status"] == "finished" for c in record["cells"] if c["variant"] == v) for v in variants}
+    seeds_done = _seeds_finished(record)
     rows = [[f"{v}{' (baseline)' if v == baseline else ''}",
              f"{(summary[v].get('AP') or {}).get('n', 0)}/{seeds_done[v]}",
              *[mean_pm(summary[v].get(m)) for m in shown],
