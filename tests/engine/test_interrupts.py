@@ -21,6 +21,7 @@ import torch
 from toy import ToyDataset, ToyDetector
 
 from umop.engine import RunExistsError, Trainer, config_from_dict, load_checkpoint
+from umop.engine.checkpoint import link_checkpoint, save_checkpoint
 
 ENGINE_TESTS = Path(__file__).resolve().parent
 SRC = ENGINE_TESTS.parent.parent / "src"
@@ -208,6 +209,55 @@ def test_keep_last_and_best_checkpoint(tmp_path, reference):
         epoch_state = load_checkpoint(folder / f"epoch_{best_epoch}.pt")
         for key, value in best_state["model"].items():
             torch.testing.assert_close(value, epoch_state["model"][key], rtol=0, atol=0)
+        assert os.path.samefile(folder / "best.pt", folder / f"epoch_{best_epoch}.pt")
+    # epoch_N.pt and best.pt are second names of a last.pt, not copies: one file on disk per saved epoch
+    assert os.path.samefile(folder / "last.pt", folder / "epoch_3.pt")
+    assert not os.path.samefile(folder / "epoch_2.pt", folder / "epoch_3.pt")
+    assert load_checkpoint(folder / "epoch_2.pt")["epoch"] == 2  # a later save of last.pt left it as it was
+
+
+def test_link_checkpoint_is_a_second_name_or_a_copy_where_links_fail(tmp_path, monkeypatch):
+    source = save_checkpoint({"epoch": 1}, tmp_path / "last.pt")
+    link_checkpoint(source, tmp_path / "epoch_1.pt")
+    assert os.path.samefile(source, tmp_path / "epoch_1.pt")
+    save_checkpoint({"epoch": 2}, source)  # a new file under the old name
+    assert load_checkpoint(tmp_path / "epoch_1.pt")["epoch"] == 1 and load_checkpoint(source)["epoch"] == 2
+
+    def refuse(*args):
+        raise PermissionError("no hard links on this file system")
+    monkeypatch.setattr(os, "link", refuse)
+    link_checkpoint(source, tmp_path / "epoch_1.pt")  # replaces the old epoch_1.pt with a copy
+    assert not os.path.samefile(source, tmp_path / "epoch_1.pt")
+    assert load_checkpoint(tmp_path / "epoch_1.pt")["epoch"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_1.pt", "last.pt"]  # no temporary file left
+
+
+def test_a_full_disk_is_one_clear_error_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    import umop.engine.checkpoint as checkpoint_module
+    path = save_checkpoint({"epoch": 1}, tmp_path / "last.pt")
+
+    def save_until_the_disk_fills(state, stream):  # what torch.save does: its zip writer hides the OSError
+        stream.write(b"x" * 1000)
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 77161984 vs 77161876")
+    monkeypatch.setattr(checkpoint_module.torch, "save", save_until_the_disk_fills)
+    with pytest.raises(OSError, match=r"cannot write checkpoint '.*last.pt': no space left on device "
+                                      r"\(0 MB written .*MB free now; the previous one is intact\)") as raised:
+        save_checkpoint({"epoch": 2}, path)
+    assert raised.value.errno == errno.ENOSPC
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+    monkeypatch.undo()
+    assert load_checkpoint(path)["epoch"] == 1
+
+    def fail_otherwise(state, stream):
+        raise RuntimeError("boom")
+    monkeypatch.setattr(checkpoint_module.torch, "save", fail_otherwise)
+    with pytest.raises(RuntimeError, match="boom"):  # other failures are not relabelled
+        save_checkpoint({"epoch": 2}, path)
 
 
 def test_fresh_run_into_an_existing_run_folder(tmp_path):

@@ -20,7 +20,7 @@ from umop.data import make_tiny_synthetic_dataset
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY = ["data.synthetic.enabled=false", "model.options.fpn_channels=32", "data.min_size=64", "data.max_size=64",
         "batch_size=4", "solver.epochs=2", "solver.steps=[]", "solver.warmup_iters=1", "eval.every=1",
-        "log.every=1", "log.tensorboard=false", "workers=0"]
+        "log.every=1", "log.tensorboard=false", "workers=0", "checkpoint.keep_last=1"]
 
 
 @pytest.fixture(scope="module")

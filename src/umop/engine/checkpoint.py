@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import random
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["save_checkpoint", "load_checkpoint", "load_model_state", "get_rng_states", "set_rng_states",
+__all__ = ["save_checkpoint", "link_checkpoint", "load_checkpoint", "load_model_state", "get_rng_states", "set_rng_states",
            "seed_everything"]
 
 
@@ -49,6 +51,10 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     """Write ``state`` with ``torch.save`` atomically: a temporary file in the same folder, then ``os.replace``.
 
     A crash during the write leaves the previous checkpoint intact.
+
+    Raises:
+        OSError: (``errno.ENOSPC``) naming the file and the free space when the disk is full; torch reports
+            that as an unclear ``RuntimeError`` ("unexpected pos ...").
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -59,11 +65,52 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temp_name, path)
-    except BaseException:
+    except BaseException as error:
+        written = os.path.getsize(temp_name) if os.path.exists(temp_name) else 0
         if os.path.exists(temp_name):
             os.unlink(temp_name)
+        if _is_disk_full(error):
+            free_mb = shutil.disk_usage(path.parent).free / 2**20
+            kept = "the previous one is intact" if path.exists() else "nothing was saved"
+            raise OSError(errno.ENOSPC, f"cannot write checkpoint '{path}': no space left on device "
+                                        f"({written / 2**20:.0f} MB written before the disk filled, "
+                                        f"{free_mb:.0f} MB free now; {kept})") from error
         raise
     return path
+
+
+def _is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` or an exception it was raised from or during is ``ENOSPC`` (disk full)."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def link_checkpoint(source: str | Path, target: str | Path) -> Path:
+    """Make ``target`` a second name of the finished checkpoint ``source``, atomically, without a second copy.
+
+    A hard link (a temporary name in ``target``'s folder, then ``os.replace``); where the file system refuses
+    hard links, a copy. :func:`save_checkpoint` always writes a new file, so a later save of ``source`` leaves
+    ``target`` as it was. ``epoch_N.pt`` and ``best.pt`` are such links to ``last.pt``: one file on disk
+    instead of three.
+    """
+    source, target = Path(source), Path(target)
+    temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    temp.unlink(missing_ok=True)
+    try:
+        try:
+            os.link(source, temp)
+        except OSError:  # no hard links here (some network or FAT file systems): copy instead
+            shutil.copyfile(source, temp)
+        os.replace(temp, target)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return target
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -10,7 +10,6 @@ Example::
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import threading
@@ -27,8 +26,8 @@ from torch.utils.data import Dataset
 from .amp import resolve_amp
 from .builders import (EpochSeededDataset, build_dataset, build_eval_loader, build_model, build_train_loader,
                        prepare_synthetic_data)
-from .checkpoint import (get_rng_states, load_checkpoint, load_model_state, save_checkpoint, seed_everything,
-                         set_rng_states)
+from .checkpoint import (get_rng_states, link_checkpoint, load_checkpoint, load_model_state, save_checkpoint,
+                         seed_everything, set_rng_states)
 from .config import Config, ConfigError, config_to_dict, save_config
 from .hooks import LogHook, log_hooks_for, registered_log_hooks
 from .distributed import all_reduce_sum, barrier, get_world_size, init_distributed, is_distributed, is_main_process
@@ -247,7 +246,7 @@ class Trainer:
         state = self.state_dict()
         path = save_checkpoint(state, self.checkpoint_dir / "last.pt")
         if epoch_file and self.epoch_step == 0:
-            save_checkpoint(state, self.checkpoint_dir / f"epoch_{self.epoch}.pt")
+            link_checkpoint(path, self.checkpoint_dir / f"epoch_{self.epoch}.pt")
             self._prune_epoch_checkpoints()
         return path
 
@@ -264,7 +263,7 @@ class Trainer:
             path.unlink(missing_ok=True)
 
     def _update_best(self, metrics: dict[str, Any]) -> None:
-        """Copy ``last.pt`` (saved just before this evaluation) to ``best.pt`` when the metric improved."""
+        """Link ``best.pt`` to ``last.pt`` (saved just before this evaluation) when the metric improved."""
         key = self.config.checkpoint.best_metric
         if not key or not self.is_main:
             return
@@ -276,9 +275,7 @@ class Trainer:
         if self.best_value is not None and value <= self.best_value:
             return
         self.best_value = float(value)
-        temp = self.checkpoint_dir / ".best.pt.tmp"
-        shutil.copyfile(self.checkpoint_dir / "last.pt", temp)
-        os.replace(temp, self.checkpoint_dir / "best.pt")
+        link_checkpoint(self.checkpoint_dir / "last.pt", self.checkpoint_dir / "best.pt")
         (self.checkpoint_dir / "best.json").write_text(json.dumps(
             {"metric": key, "value": value, "epoch": self.epoch, "iter": self.iteration}, indent=1))
 
