@@ -24,7 +24,7 @@ def test_quick_demo_writes_the_report_pictures_and_sentence(tmp_path, monkeypatc
                       overrides=["model.options.fpn_channels=32", "data.min_size=64", "data.max_size=64"])
     assert result["failed_cells"] == [] and result["quick"] is True
     assert json.loads((out / "summary.json").read_text())["sentence"] == result["sentence"]
-    assert result["sentence"].startswith("pfl minus focal: AP") or "no seed has finished" in result["sentence"]
+    assert result["sentence"].startswith("pfl minus focal: AP") or "no seed has AP for both" in result["sentence"]
     assert (out / "study.html").is_file() and (out / "study.md").is_file()
     assert {c["status"] for c in json.loads((out / "study.json").read_text())["cells"]} == {"finished"}
     for variant in ("focal", "pfl"):

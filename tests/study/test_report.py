@@ -234,3 +234,40 @@ def test_train_time_leaves_out_resumed_cells(fake_study):
     assert record["summary"]["pfl"]["train_seconds"]["by_seed"] == {"1": 13.0, "2": 14.0}
     assert record["summary"]["focal"]["train_seconds"]["n"] == 3
     assert "| pfl | 0 | finished (resumed) | 30.0 | 4/4 | 40 | 12 (last attempt) |" in open(f"{spec.out}/study.md").read()
+
+
+def test_comparison_sentences_say_only_what_the_interval_shows():
+    from umop.study.report import comparison_sentence
+    assert comparison_sentence("pfl", "focal", None) == (
+        "pfl vs focal: no seed has AP for both yet (a cell counts once it has finished with an evaluation), "
+        "so there is no difference to report.")
+    one_pair = {"mean": 0.02, "n": 1, "ci": [None, None], "excludes_zero": False}
+    assert "one pair gives no interval" in comparison_sentence("pfl", "focal", one_pair)
+    above = {"mean": 0.02, "n": 3, "ci": [0.005, 0.035], "excludes_zero": True}
+    assert comparison_sentence("pfl", "focal", above) == (
+        "pfl minus focal: AP +2.0 points (paired over 3 seeds, 95% interval +0.5 to +3.5). "
+        "The interval lies entirely above 0: 0 is outside it.")
+    around = {"mean": -0.001, "n": 3, "ci": [-0.008, 0.006], "excludes_zero": False}
+    assert comparison_sentence("pfl", "focal", around, "AP (score0)").endswith(
+        "The interval contains 0: these runs do not show a difference.")
+
+
+def test_a_study_file_run_from_another_folder_is_refused_before_training_again(tmp_path, monkeypatch, capsys):
+    start = tmp_path / "project"
+    (start / "runs").mkdir(parents=True)
+    monkeypatch.chdir(start)
+    spec = StudySpec("demo_synthetic", [parse_vary("cls_loss=focal,pfl")], [0], "runs/s", ["solver.epochs=4"])
+    for cell in plan_cells(spec)[1]:
+        _fake_cell(spec, cell, AP[(cell.variant, cell.seed)])
+    run_study(spec)
+    assert main(["study", "runs/s/study.yaml", "--dry-run"]) == 0  # from the folder it was started from
+    capsys.readouterr()
+    monkeypatch.chdir(start / "runs")
+    assert main(["study", "s/study.yaml", "--dry-run"]) == 2
+    error = capsys.readouterr().err
+    assert (f"study file s/study.yaml: its out 'runs/s' is {start / 'runs' / 'runs' / 's'} from this working "
+            f"directory, not the study's own folder {start / 'runs' / 's'}; running it here would train every "
+            f"cell again (run it from {start}, where it was started") in error
+    assert not (start / "runs" / "runs").exists()
+    assert main(["study", "s/study.yaml", "--out", "s", "--dry-run"]) == 0  # an explicit --out is taken as is
+    assert "2 cells, 2 finished" in capsys.readouterr().out

@@ -54,11 +54,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def spec_from_args(args: argparse.Namespace):
     """The :class:`~umop.study.runner.StudySpec` of the command line (a study file, then the flags)."""
-    from .runner import (StudySpec, is_study_file, load_study_file, merge_overrides, merge_vary, parse_seeds,
-                         parse_vary)
+    from .runner import (StudySpec, check_run_from_start_folder, is_study_file, load_study_file, merge_overrides,
+                         merge_vary, parse_seeds, parse_vary)
 
     if is_study_file(args.config):  # the flags replace the file's entries for the same keys, or add to them
         spec = load_study_file(args.config)
+        if not args.out:
+            check_run_from_start_folder(args.config, spec.out)
         spec.vary = merge_vary(spec.vary, [parse_vary(text) for text in args.vary])
         if args.seeds:
             spec.seeds = parse_seeds(args.seeds)

@@ -231,7 +231,8 @@ def _label(metric: str) -> str:
 def comparison_sentence(variant: str, baseline: str, entry: dict[str, Any] | None, metric: str = "AP") -> str:
     """One plain sentence: the paired difference, its 95% interval and whether 0 lies outside it."""
     if not entry:
-        return f"{variant} vs {baseline}: no seed has finished for both yet, so there is no difference to report."
+        return (f"{variant} vs {baseline}: no seed has {metric} for both yet (a cell counts once it has finished "
+                f"with an evaluation), so there is no difference to report.")
     mean = _pct(entry["mean"], True)
     seeds = f"{entry['n']} seed{'s' if entry['n'] != 1 else ''}"
     if entry["ci"][0] is None:

@@ -267,6 +267,26 @@ def load_study_file(path: str | Path) -> StudySpec:
         raise ValueError(f"study file {path}: {error}") from error
 
 
+def check_run_from_start_folder(path: str | Path, out: str) -> None:
+    """Refuse a study's own ``OUT/study.yaml`` run from another working directory than the one it was started
+    from: its relative ``out`` would then name a new, empty folder and every cell would train again.
+
+    Raises:
+        ValueError: naming the file, where ``out`` points from here, and the folder to run it from.
+    """
+    path = Path(path)
+    folder = path.parent.resolve()
+    if path.name != "study.yaml" or not (folder / "study.json").is_file() or Path(out).resolve() == folder:
+        return
+    hint = ""
+    if not Path(out).is_absolute() and folder.parts[-len(Path(out).parts):] == Path(out).parts:
+        start = Path(*folder.parts[:-len(Path(out).parts)])
+        hint = f" (run it from {start}, where it was started"
+        hint += ": its relative config and --set paths are relative to that folder too)"
+    raise ValueError(f"study file {path}: its out '{out}' is {Path(out).resolve()} from this working directory, "
+                     f"not the study's own folder {folder}; running it here would train every cell again{hint}")
+
+
 def _override_list(raw: Any) -> list[str]:
     """A study file's ``set`` / ``eval_set``: a list of ``KEY=VALUE``, one such string, or a mapping, as
     ``KEY=VALUE`` strings."""
