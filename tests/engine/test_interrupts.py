@@ -219,7 +219,9 @@ def test_keep_last_and_best_checkpoint(tmp_path, reference):
 def test_link_checkpoint_is_a_second_name_or_a_copy_where_links_fail(tmp_path, monkeypatch):
     source = save_checkpoint({"epoch": 1}, tmp_path / "last.pt")
     link_checkpoint(source, tmp_path / "epoch_1.pt")
+    link_checkpoint(source, tmp_path / "epoch_1.pt")  # again (a resumed run re-evaluating): nothing left over
     assert os.path.samefile(source, tmp_path / "epoch_1.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_1.pt", "last.pt"]
     save_checkpoint({"epoch": 2}, source)  # a new file under the old name
     assert load_checkpoint(tmp_path / "epoch_1.pt")["epoch"] == 1 and load_checkpoint(source)["epoch"] == 2
 

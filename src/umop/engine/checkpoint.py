@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["save_checkpoint", "link_checkpoint", "load_checkpoint", "load_model_state", "get_rng_states", "set_rng_states",
-           "seed_everything"]
+__all__ = ["save_checkpoint", "link_checkpoint", "load_checkpoint", "load_model_state", "get_rng_states",
+           "set_rng_states", "seed_everything"]
 
 
 def seed_everything(seed: int) -> None:
@@ -107,9 +107,8 @@ def link_checkpoint(source: str | Path, target: str | Path) -> Path:
         except OSError:  # no hard links here (some network or FAT file systems): copy instead
             shutil.copyfile(source, temp)
         os.replace(temp, target)
-    except BaseException:
+    finally:  # also when target was already this file: rename() then does nothing and leaves temp
         temp.unlink(missing_ok=True)
-        raise
     return target
 
 
