@@ -267,7 +267,8 @@ def test_a_study_file_run_from_another_folder_is_refused_before_training_again(t
     error = capsys.readouterr().err
     assert (f"study file s/study.yaml: its out 'runs/s' is {start / 'runs' / 'runs' / 's'} from this working "
             f"directory, not the study's own folder {start / 'runs' / 's'}; running it here would train every "
-            f"cell again (run it from {start}, where it was started") in error
+            f"cell again (run it from {start}, where its relative config and --set paths hold too, or give --out "
+            f"{start / 'runs' / 's'})") in error
     assert not (start / "runs" / "runs").exists()
     assert main(["study", "s/study.yaml", "--out", "s", "--dry-run"]) == 0  # an explicit --out is taken as is
     assert "2 cells, 2 finished" in capsys.readouterr().out

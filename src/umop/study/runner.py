@@ -278,13 +278,12 @@ def check_run_from_start_folder(path: str | Path, out: str) -> None:
     folder = path.parent.resolve()
     if path.name != "study.yaml" or not (folder / "study.json").is_file() or Path(out).resolve() == folder:
         return
-    hint = ""
+    start = "the folder it was started from"
     if not Path(out).is_absolute() and folder.parts[-len(Path(out).parts):] == Path(out).parts:
-        start = Path(*folder.parts[:-len(Path(out).parts)])
-        hint = f" (run it from {start}, where it was started"
-        hint += ": its relative config and --set paths are relative to that folder too)"
+        start = str(Path(*folder.parts[:-len(Path(out).parts)]))
     raise ValueError(f"study file {path}: its out '{out}' is {Path(out).resolve()} from this working directory, "
-                     f"not the study's own folder {folder}; running it here would train every cell again{hint}")
+                     f"not the study's own folder {folder}; running it here would train every cell again (run it "
+                     f"from {start}, where its relative config and --set paths hold too, or give --out {folder})")
 
 
 def _override_list(raw: Any) -> list[str]:
