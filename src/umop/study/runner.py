@@ -182,13 +182,15 @@ def merge_vary(vary: list[tuple[str, list[str]]], more: list[tuple[str, list[str
     return list(merged.items())
 
 
+def _override_key(item: str) -> str:
+    """``"solver.lr=0.02"`` -> ``"solver.lr"``."""
+    return item.partition("=")[0].strip()
+
+
 def merge_overrides(overrides: list[str], more: list[str]) -> list[str]:
     """``overrides`` with ``more``'s ``KEY=VALUE`` items: an item for a key already there replaces it."""
-    def key(item: str) -> str:
-        return item.partition("=")[0].strip()
-
-    replaced = {key(item) for item in more}
-    return [item for item in overrides if key(item) not in replaced] + list(more)
+    replaced = {_override_key(item) for item in more}
+    return [item for item in overrides if _override_key(item) not in replaced] + list(more)
 
 
 def parse_seeds(text: str | list) -> list[int]:
@@ -252,7 +254,7 @@ def load_study_file(path: str | Path) -> StudySpec:
         vary = []
         for key, values in vary_raw.items():
             values = values if isinstance(values, list) else [values]
-            text = ",".join(v if isinstance(v, str) else json.dumps(v) for v in values)
+            text = ",".join(_value_text(v) for v in values)
             vary.append(parse_vary(f"{key}={text}"))
     elif isinstance(vary_raw, list):
         vary = [parse_vary(str(item)) for item in vary_raw]
@@ -274,23 +276,28 @@ def check_run_from_start_folder(path: str | Path, out: str) -> None:
     Raises:
         ValueError: naming the file, where ``out`` points from here, and the folder to run it from.
     """
-    path = Path(path)
+    path, out_here = Path(path), Path(out).resolve()
     folder = path.parent.resolve()
-    if path.name != "study.yaml" or not (folder / "study.json").is_file() or Path(out).resolve() == folder:
+    if path.name != "study.yaml" or not (folder / "study.json").is_file() or out_here == folder:
         return
-    start = "the folder it was started from"
-    if not Path(out).is_absolute() and folder.parts[-len(Path(out).parts):] == Path(out).parts:
-        start = str(Path(*folder.parts[:-len(Path(out).parts)]))
-    raise ValueError(f"study file {path}: its out '{out}' is {Path(out).resolve()} from this working directory, "
+    start, out_parts = "the folder it was started from", Path(out).parts
+    if not Path(out).is_absolute() and folder.parts[-len(out_parts):] == out_parts:
+        start = str(Path(*folder.parts[:-len(out_parts)]))
+    raise ValueError(f"study file {path}: its out '{out}' is {out_here} from this working directory, "
                      f"not the study's own folder {folder}; running it here would train every cell again (run it "
                      f"from {start}, where its relative config and --set paths hold too, or give --out {folder})")
+
+
+def _value_text(value: Any) -> str:
+    """A study file's YAML value as ``--set`` / ``--vary`` text: a string as it is, anything else as JSON."""
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def _override_list(raw: Any) -> list[str]:
     """A study file's ``set`` / ``eval_set``: a list of ``KEY=VALUE``, one such string, or a mapping, as
     ``KEY=VALUE`` strings."""
     if isinstance(raw, dict):
-        return [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in raw.items()]
+        return [f"{k}={_value_text(v)}" for k, v in raw.items()]
     if isinstance(raw, str):
         return [raw]
     if raw is not None and not isinstance(raw, list):
@@ -327,7 +334,7 @@ def plan_cells(spec: StudySpec) -> tuple[list[str], list[Cell]]:
     keys = [key for key, _values in spec.vary]
     if len(set(keys)) != len(keys):
         raise ValueError(f"--vary: key given twice among {keys}")
-    fixed = {text.partition("=")[0].strip() for text in spec.overrides}
+    fixed = {_override_key(text) for text in spec.overrides}
     clash = [key for key in keys if key in fixed or key == "seed"]
     if clash:
         raise ValueError(f"--vary key '{clash[0]}' is also fixed by --set (or is the seed: use --seeds)")
